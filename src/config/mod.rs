@@ -1,0 +1,265 @@
+//! The typed, validated internal model of a proxy configuration: listeners,
+//! routes, clusters and endpoints as plain Rust values. Everything here has
+//! already been checked by `xds::translate`; nothing here knows protobuf.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use regex::Regex;
+use serde::Serialize;
+
+pub mod route;
+
+pub use route::*;
+
+/// A whole proxy configuration, as a static bootstrap (or, later, xDS) gives it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bootstrap {
+    pub node: Node,
+    pub admin: Option<Admin>,
+    pub listeners: Vec<Arc<Listener>>,
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Parts of the input that remora accepted but does not act on (telemetry
+    /// sinks, runtime layers, ...), with their field paths. `/config_dump` shows them.
+    pub ignored: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Node {
+    pub id: String,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub filter: NetworkFilter,
+}
+
+/// The terminal network filter of a listener's (single) filter chain.
+#[derive(Debug, Clone, Serialize)]
+pub enum NetworkFilter {
+    Http(Arc<HttpConnectionManager>),
+    Tcp(Arc<TcpProxy>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// How the Host header's port takes part in virtual-host matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StripPort {
+    /// The Host header is matched as sent, port included (Envoy's default).
+    None,
+    /// `strip_matching_host_port`: drop the port only when it equals the listener's.
+    Matching,
+    /// `strip_any_host_port` (or `ignore_port_in_host_matching`): always drop it.
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ServerHeader {
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub route_config: Arc<RouteConfig>,
+    pub strip_port: StripPort,
+    /// Upgrade types (lower-case, e.g. "websocket") that may be proxied.
+    pub upgrades: Vec<String>,
+    pub use_remote_address: bool,
+    pub skip_xff_append: bool,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    pub server_name: String,
+    pub server_header: ServerHeader,
+    /// Router `suppress_envoy_headers`: no `x-envoy-*` headers added.
+    pub suppress_envoy_headers: bool,
+    pub http2: Http2Settings,
+    pub access_logs: Vec<AccessLog>,
+}
+
+/// HTTP/2 settings, with Envoy's defaults.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Http2Settings {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        // Envoy's defaults (http2_protocol_options): 2^31-1 streams, 256 MiB windows.
+        Http2Settings {
+            max_concurrent_streams: 2_147_483_647,
+            initial_stream_window_size: 268_435_456,
+            initial_connection_window_size: 268_435_456,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLog {
+    /// File path; `/dev/stdout` and `/dev/stderr` write to the process streams.
+    pub path: String,
+    #[serde(skip)]
+    pub format: Arc<crate::telemetry::access_log::Format>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub target: ClusterTarget,
+    /// None disables the idle timeout (Envoy: `idle_timeout: 0s`); default 1 h.
+    pub idle_timeout: Option<Duration>,
+    pub access_logs: Vec<AccessLog>,
+}
+
+/// Where traffic goes: one cluster or a weighted pick among several.
+#[derive(Debug, Clone, Serialize)]
+pub enum ClusterTarget {
+    Single(String),
+    Weighted(WeightedClusters),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightedClusters {
+    pub clusters: Vec<WeightedCluster>,
+    /// Sum of the weights (always > 0 after validation).
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u64,
+    pub headers: HeaderOps,
+}
+
+impl WeightedClusters {
+    /// Picks a cluster for a random value in `0..total`, as Envoy walks the
+    /// list accumulating weights.
+    pub fn pick(&self, value: u64) -> &WeightedCluster {
+        let mut acc = 0;
+        let v = value % self.total.max(1);
+        for c in &self.clusters {
+            acc += c.weight;
+            if v < acc {
+                return c;
+            }
+        }
+        // Unreachable after validation (total is the sum of weights); the last
+        // entry is the safe answer regardless.
+        &self.clusters[self.clusters.len() - 1]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    pub http2: Http2Settings,
+    /// Upstream connections idle longer than this are closed (Envoy's
+    /// `common_http_protocol_options.idle_timeout`, default 1 h).
+    pub idle_timeout: Option<Duration>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+}
+
+/// Header mutations at one level (route config, virtual host, route, weighted cluster).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeaderOps {
+    pub request_add: Vec<HeaderAdd>,
+    #[serde(serialize_with = "ser_names")]
+    pub request_remove: Vec<HeaderName>,
+    pub response_add: Vec<HeaderAdd>,
+    #[serde(serialize_with = "ser_names")]
+    pub response_remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.request_add.is_empty()
+            && self.request_remove.is_empty()
+            && self.response_add.is_empty()
+            && self.response_remove.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderAdd {
+    #[serde(serialize_with = "ser_name")]
+    pub name: HeaderName,
+    #[serde(serialize_with = "ser_value")]
+    pub value: HeaderValue,
+    pub action: AppendAction,
+    /// Envoy drops an added header whose value is empty unless `keep_empty_value`.
+    pub keep_empty: bool,
+}
+
+/// Envoy's `HeaderValueOption.append_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AppendAction {
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectResponse {
+    #[serde(serialize_with = "ser_status")]
+    pub status: StatusCode,
+    #[serde(serialize_with = "ser_bytes")]
+    pub body: Option<Bytes>,
+}
+
+pub(crate) fn ser_regex<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
+}
+fn ser_names<S: serde::Serializer>(v: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|n| n.as_str()))
+}
+pub(crate) fn ser_name<S: serde::Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.as_str())
+}
+fn ser_value<S: serde::Serializer>(v: &HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(v.as_bytes()))
+}
+fn ser_status<S: serde::Serializer>(v: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(v.as_u16())
+}
+fn ser_bytes<S: serde::Serializer>(v: &Option<Bytes>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(b) => s.serialize_str(&String::from_utf8_lossy(b)),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,150 @@
+//! Route configuration: virtual hosts, routes, matchers and actions, as Envoy's
+//! `RouteConfiguration` means them. Matching itself lives in `http::route`.
+
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use regex::Regex;
+use serde::Serialize;
+
+use super::{ser_name, ser_regex, ClusterTarget, DirectResponse, HeaderOps};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteConfig {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub headers: HeaderOps,
+    /// `ignore_port_in_host_matching`.
+    pub ignore_port_in_host_matching: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualHost {
+    pub name: String,
+    /// Lower-cased domain patterns: exact, `*.suffix`/`*suffix`, `prefix*` or `*`.
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    pub headers: HeaderOps,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub headers: HeaderOps,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    /// Envoy's `case_sensitive`, default true; applies to prefix and path.
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    /// Envoy's `grpc: {}`: only requests with a gRPC content-type match.
+    pub grpc: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum PathMatch {
+    Prefix(String),
+    /// `path_separated_prefix`: the prefix must end at a `/` or at the end.
+    SeparatedPrefix(String),
+    Exact(String),
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderMatcher {
+    #[serde(serialize_with = "ser_name")]
+    pub name: HeaderName,
+    pub rule: HeaderRule,
+    pub invert: bool,
+    /// `treat_missing_header_as_empty`.
+    pub missing_as_empty: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum HeaderRule {
+    /// `present_match`: matches when presence equals the flag.
+    Present(bool),
+    String(StringMatch),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StringMatch {
+    pub kind: StringMatchKind,
+    pub ignore_case: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum StringMatchKind {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        let ic = self.ignore_case;
+        match &self.kind {
+            StringMatchKind::Exact(s) => {
+                if ic {
+                    value.eq_ignore_ascii_case(s)
+                } else {
+                    value == s
+                }
+            }
+            StringMatchKind::Prefix(s) => {
+                value.len() >= s.len()
+                    && (if ic {
+                        value.as_bytes()[..s.len()].eq_ignore_ascii_case(s.as_bytes())
+                    } else {
+                        value.as_bytes().starts_with(s.as_bytes())
+                    })
+            }
+            StringMatchKind::Suffix(s) => {
+                value.len() >= s.len()
+                    && (if ic {
+                        value.as_bytes()[value.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+                    } else {
+                        value.as_bytes().ends_with(s.as_bytes())
+                    })
+            }
+            StringMatchKind::Contains(s) => {
+                if ic {
+                    value.to_ascii_lowercase().contains(&s.to_ascii_lowercase())
+                } else {
+                    value.contains(s.as_str())
+                }
+            }
+            // Envoy's safe_regex matches the whole value; the regex is compiled
+            // anchored by translate, and ignore_case does not apply to it.
+            StringMatchKind::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum RouteAction {
+    Forward(ForwardAction),
+    Direct(DirectResponse),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardAction {
+    pub target: ClusterTarget,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<String>,
+    /// None when the route disables the timeout (`timeout: 0s`); default 15 s.
+    pub timeout: Option<Duration>,
+    #[serde(serialize_with = "ser_status_code")]
+    pub cluster_not_found_status: StatusCode,
+}
+
+fn ser_status_code<S: serde::Serializer>(v: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(v.as_u16())
+}

@@ -1,0 +1,11 @@
+//! The HTTP side of the proxy: serving downstream connections with hyper,
+//! route matching, the per-request handler, upstream pools and bodies.
+
+pub mod body;
+pub mod client;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod upgrade;

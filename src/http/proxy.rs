@@ -1,0 +1,517 @@
+//! One HTTP request through the proxy, top to bottom: sanitize headers,
+//! match a route, answer directly or pick a cluster and endpoint, forward,
+//! and send the response back with the route's header mutations. Failures
+//! become local replies classified in `error.rs`.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant as StdInstant, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{
+    header::{self, HeaderName, HeaderValue},
+    uri::{Authority, PathAndQuery, Scheme},
+    HeaderMap, Request, Response, StatusCode, Uri, Version,
+};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{
+    body::ProxyBody,
+    client::Release,
+    error::ProxyError,
+    headers::{apply_request_ops, apply_response_ops, strip_hop_by_hop, upgrade_type},
+    route::{is_grpc, RouteTable},
+};
+use crate::{
+    balance::{ClusterMap, ClusterRuntime},
+    config::{ClusterTarget, ForwardAction, UpstreamProtocol, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader, VirtualHost},
+    telemetry::{
+        access_log::{Entry, Format, Sink},
+        stats::{ActiveGuard, HttpStats},
+    },
+};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static X_ENVOY_UPSTREAM_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// Everything one HTTP connection manager needs, built once per config.
+pub struct HttpProxy {
+    pub hcm: Arc<HttpConnectionManager>,
+    pub routes: RouteTable,
+    pub clusters: Arc<ClusterMap>,
+    pub stats: Arc<HttpStats>,
+    pub listener_port: u16,
+    pub access_logs: Vec<(Arc<Format>, Arc<Sink>)>,
+    server_name: HeaderValue,
+}
+
+/// The downstream connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// What the access log and stats need to know about how a request ended.
+struct Outcome {
+    flag: &'static str,
+    details: &'static str,
+    cluster: Option<Arc<ClusterRuntime>>,
+    upstream: Option<SocketAddr>,
+    route_name: String,
+}
+
+impl HttpProxy {
+    pub fn new(
+        hcm: Arc<HttpConnectionManager>,
+        clusters: Arc<ClusterMap>,
+        stats: Arc<HttpStats>,
+        listener_port: u16,
+        access_logs: Vec<(Arc<Format>, Arc<Sink>)>,
+    ) -> HttpProxy {
+        let routes = RouteTable::new(hcm.route_config.clone(), hcm.strip_port);
+        let server_name = HeaderValue::from_str(&hcm.server_name).unwrap_or(HeaderValue::from_static("envoy"));
+        HttpProxy { hcm, routes, clusters, stats, listener_port, access_logs, server_name }
+    }
+
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let started = StdInstant::now();
+        let stats = &self.stats;
+        stats.downstream_rq_total.inc();
+        let _active = ActiveGuard::new(&stats.downstream_rq_active);
+        if req.version() == Version::HTTP_2 {
+            stats.downstream_rq_http2_total.inc();
+        } else {
+            stats.downstream_rq_http1_total.inc();
+        }
+        let grpc = is_grpc(req.headers());
+        let version = req.version();
+        let logged = (!self.access_logs.is_empty()).then(|| LoggedRequest::capture(&req));
+
+        let mut outcome = Outcome { flag: "", details: "via_upstream", cluster: None, upstream: None, route_name: String::new() };
+        let request_id = self.prepare_request(&mut req, conn);
+        let mut resp = match self.route_and_forward(req, &mut outcome).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                outcome.flag = e.flag();
+                outcome.details = e.details();
+                tracing::debug!(error = %e, flag = e.flag(), "local reply");
+                local_reply(&e, grpc)
+            }
+        };
+        // The downstream speaks its own protocol, whatever the upstream spoke.
+        *resp.version_mut() = version;
+        self.finish_response(&mut resp, request_id);
+        let status = resp.status().as_u16();
+        stats.response(status);
+        if let Some(logged) = logged {
+            self.log(&logged, &resp, &outcome, conn, started);
+        }
+        resp
+    }
+
+    /// Downstream header sanitation, as Envoy's connection manager does it
+    /// before routing. Returns the request id, when one is echoed back.
+    fn prepare_request(&self, req: &mut Request<Incoming>, conn: ConnInfo) -> Option<HeaderValue> {
+        let hcm = &*self.hcm;
+        let headers = req.headers_mut();
+        // SANITIZE (the only mode without mTLS): client cert details never pass.
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+        if hcm.use_remote_address && !hcm.skip_xff_append {
+            append_xff(headers, conn.remote);
+        }
+        if hcm.use_remote_address || !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        // Envoy regenerates the request id of an edge request unless told to keep it.
+        let regenerate = hcm.use_remote_address && !hcm.preserve_external_request_id;
+        if hcm.generate_request_id && (regenerate || !headers.contains_key(&X_REQUEST_ID)) {
+            headers.insert(&X_REQUEST_ID, new_request_id());
+        }
+        if hcm.always_set_request_id_in_response {
+            headers.get(&X_REQUEST_ID).cloned()
+        } else {
+            None
+        }
+    }
+
+    async fn route_and_forward(
+        &self,
+        mut req: Request<Incoming>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let host = request_host(&req).to_string();
+        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let Some((vh, route)) = self.routes.find(&host, self.listener_port, &path, req.headers()) else {
+            self.stats.no_route.inc();
+            return Err(ProxyError::NoRoute);
+        };
+        outcome.route_name.clone_from(&route.name);
+        let action = match &route.action {
+            RouteAction::Direct(d) => {
+                self.stats.rq_direct_response.inc();
+                outcome.details = "direct_response";
+                let mut resp = Response::new(d.body.clone().map(ProxyBody::full).unwrap_or_else(ProxyBody::empty));
+                *resp.status_mut() = d.status;
+                if d.body.is_some() {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                }
+                self.route_response_ops(&mut resp, vh, route, None);
+                return Ok(resp);
+            }
+            RouteAction::Forward(f) => f,
+        };
+
+        let upgrade = upgrade_type(&req);
+        if let Some(kind) = &upgrade {
+            if !self.hcm.upgrades.iter().any(|u| u.eq_ignore_ascii_case(kind)) {
+                return Err(ProxyError::UpgradeNotAllowed(kind.clone()));
+            }
+        }
+
+        let (cluster_name, weighted) = match &action.target {
+            ClusterTarget::Single(name) => (name.as_str(), None),
+            ClusterTarget::Weighted(w) => {
+                let c = w.pick(fastrand::u64(..w.total));
+                (c.name.as_str(), Some(c))
+            }
+        };
+        let Some(cluster) = self.clusters.get(cluster_name) else {
+            self.stats.no_cluster.inc();
+            let e = ProxyError::NoCluster(cluster_name.to_string());
+            let mut resp = local_reply(&e, is_grpc(req.headers()));
+            *resp.status_mut() = action.cluster_not_found_status;
+            outcome.flag = e.flag();
+            outcome.details = e.details();
+            return Ok(resp);
+        };
+        outcome.cluster = Some(cluster.clone());
+
+        // Request header mutations, most specific first (Envoy's default order).
+        let rc = &self.routes.config;
+        {
+            let headers = req.headers_mut();
+            if let Some(w) = weighted {
+                apply_request_ops(headers, &w.headers);
+            }
+            apply_request_ops(headers, &route.headers);
+            apply_request_ops(headers, &vh.headers);
+            apply_request_ops(headers, &rc.headers);
+        }
+        let upstream_h2 = upgrade.is_none() && cluster.config.protocol == UpstreamProtocol::Http2;
+        self.rewrite(&mut req, route, action, &host, upgrade.is_some(), upstream_h2)?;
+        if !self.hcm.suppress_envoy_headers {
+            if let Some(t) = action.timeout {
+                req.headers_mut().insert(&X_ENVOY_EXPECTED_TIMEOUT, HeaderValue::from(t.as_millis() as u64));
+            }
+        }
+
+        let Some(endpoint) = cluster.pick() else {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            return Err(ProxyError::NoHealthyUpstream);
+        };
+        outcome.upstream = Some(endpoint.address);
+        let cstats = &cluster.stats;
+        cstats.upstream_rq_total.inc();
+        endpoint.stats.rq_total.inc();
+        let _rq_active = ActiveGuard::new(&cstats.upstream_rq_active);
+
+        let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let deadline = action.timeout.map(|t| Instant::now() + t);
+        let upstream_started = StdInstant::now();
+        let sent = async {
+            if upgrade.is_some() {
+                endpoint.send_upgrade(req).await.map(|r| (r, Release::None))
+            } else {
+                endpoint.send(req).await
+            }
+        };
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    cstats.upstream_rq_timeout.inc();
+                    endpoint.stats.rq_timeout.inc();
+                    self.stats.downstream_rq_timeout.inc();
+                    Err(ProxyError::UpstreamTimeout)
+                }
+            },
+            None => sent.await,
+        };
+        let (mut resp, release) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                endpoint.stats.rq_error.inc();
+                if matches!(e, ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_)) {
+                    cstats.upstream_rq_rx_reset.inc();
+                }
+                return Err(e);
+            }
+        };
+        let status = resp.status();
+        cstats.response(status.as_u16());
+        if status.is_server_error() {
+            endpoint.stats.rq_error.inc();
+        } else {
+            endpoint.stats.rq_success.inc();
+        }
+
+        let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+        if let (true, Some(down)) = (upgraded, downstream_upgrade) {
+            self.stats.downstream_cx_upgrades_total.inc();
+            super::upgrade::splice(&mut resp, down);
+        } else {
+            strip_hop_by_hop(resp.headers_mut());
+        }
+        if !self.hcm.suppress_envoy_headers {
+            let ms = upstream_started.elapsed().as_millis() as u64;
+            resp.headers_mut().insert(&X_ENVOY_UPSTREAM_TIME, HeaderValue::from(ms));
+        }
+        let (parts, body) = resp.into_parts();
+        let body = if upgraded {
+            ProxyBody::empty()
+        } else {
+            ProxyBody::upstream(body, release, deadline, cluster.stats.clone())
+        };
+        let mut resp = Response::from_parts(parts, body);
+        self.route_response_ops(&mut resp, vh, route, weighted.map(|w| &w.headers));
+        Ok(resp)
+    }
+
+    /// Path and host rewrites, and the request's upstream form: origin-form
+    /// with Host for HTTP/1.1, absolute URI for HTTP/2.
+    fn rewrite(
+        &self,
+        req: &mut Request<Incoming>,
+        route: &Route,
+        action: &ForwardAction,
+        host: &str,
+        upgrade: bool,
+        upstream_h2: bool,
+    ) -> Result<(), ProxyError> {
+        let original = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut path_and_query = original.clone();
+        if let Some(new_prefix) = &action.prefix_rewrite {
+            let matched_len = match &route.matcher.path {
+                PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => Some(p.len()),
+                PathMatch::Exact(_) => Some(original.path().len()),
+                PathMatch::Regex(_) => None,
+            };
+            if let Some(n) = matched_len {
+                let s = original.as_str();
+                let rewritten = format!("{new_prefix}{}", s.get(n..).unwrap_or(""));
+                if let Ok(p) = PathAndQuery::try_from(rewritten) {
+                    path_and_query = p;
+                    if !self.hcm.suppress_envoy_headers {
+                        if let Ok(v) = HeaderValue::from_str(original.as_str()) {
+                            req.headers_mut().insert(&X_ENVOY_ORIGINAL_PATH, v);
+                        }
+                    }
+                }
+            }
+        }
+        let authority_str = action.host_rewrite.as_deref().unwrap_or(host);
+        strip_hop_by_hop_request(req.headers_mut(), upgrade);
+        let authority = Authority::try_from(authority_str).ok();
+        if upstream_h2 {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = authority.or_else(|| Authority::try_from("localhost").ok());
+            parts.path_and_query = Some(path_and_query);
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::DownstreamProtocol("invalid request URI"))?;
+            req.headers_mut().remove(header::HOST);
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            *req.uri_mut() = Uri::from(path_and_query);
+            if let Ok(v) = HeaderValue::from_str(authority_str) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+            *req.version_mut() = Version::HTTP_11;
+        }
+        Ok(())
+    }
+
+    fn route_response_ops(
+        &self,
+        resp: &mut Response<ProxyBody>,
+        vh: &VirtualHost,
+        route: &Route,
+        weighted: Option<&crate::config::HeaderOps>,
+    ) {
+        let headers = resp.headers_mut();
+        if let Some(w) = weighted {
+            apply_response_ops(headers, w);
+        }
+        apply_response_ops(headers, &route.headers);
+        apply_response_ops(headers, &vh.headers);
+        apply_response_ops(headers, &self.routes.config.headers);
+    }
+
+    fn finish_response(&self, resp: &mut Response<ProxyBody>, request_id: Option<HeaderValue>) {
+        let headers = resp.headers_mut();
+        match self.hcm.server_header {
+            ServerHeader::Overwrite => {
+                headers.insert(header::SERVER, self.server_name.clone());
+            }
+            ServerHeader::AppendIfAbsent => {
+                if !headers.contains_key(header::SERVER) {
+                    headers.insert(header::SERVER, self.server_name.clone());
+                }
+            }
+            ServerHeader::PassThrough => {}
+        }
+        if let Some(id) = request_id {
+            headers.insert(&X_REQUEST_ID, id);
+        }
+    }
+
+    fn log(&self, req: &LoggedRequest, resp: &Response<ProxyBody>, outcome: &Outcome, conn: ConnInfo, started: StdInstant) {
+        let req_header = |name: &str| req.header(name);
+        let resp_header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let entry = Entry {
+            start: Some(req.start),
+            protocol: req.protocol,
+            status: resp.status().as_u16(),
+            flags: outcome.flag,
+            details: outcome.details,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration_ms: started.elapsed().as_millis() as u64,
+            upstream_host: outcome.upstream,
+            upstream_cluster: outcome.cluster.as_ref().map(|c| c.name()).unwrap_or(""),
+            route_name: &outcome.route_name,
+            downstream_remote: Some(conn.remote),
+            downstream_local: Some(conn.local),
+            request_header: Some(&req_header),
+            response_header: Some(&resp_header),
+        };
+        for (format, sink) in &self.access_logs {
+            sink.write(&format.render(&entry));
+        }
+    }
+}
+
+/// The parts of a request the access log needs after the request is gone.
+struct LoggedRequest {
+    start: SystemTime,
+    protocol: &'static str,
+    method: String,
+    path: String,
+    authority: String,
+    headers: HeaderMap,
+}
+
+impl LoggedRequest {
+    fn capture(req: &Request<Incoming>) -> LoggedRequest {
+        LoggedRequest {
+            start: SystemTime::now(),
+            protocol: match req.version() {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            method: req.method().to_string(),
+            path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            authority: request_host(req).to_string(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        match name {
+            ":method" => Some(self.method.clone()),
+            ":path" => Some(self.path.clone()),
+            ":authority" | "host" => Some(self.authority.clone()),
+            n => self.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string),
+        }
+    }
+}
+
+/// The Host a request names: :authority for HTTP/2, the Host header for HTTP/1.1.
+fn request_host<B>(req: &Request<B>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+}
+
+fn append_xff(headers: &mut HeaderMap, remote: SocketAddr) {
+    let ip = remote.ip().to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+/// A random (v4) UUID, as Envoy's default request id.
+fn new_request_id() -> HeaderValue {
+    let mut b: [u8; 16] = fastrand::u128(..).to_le_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut j = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = HEX[(byte >> 4) as usize];
+        out[j + 1] = HEX[(byte & 0xf) as usize];
+        j += 2;
+    }
+    // 36 ASCII hex digits and dashes are always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+fn strip_hop_by_hop_request(headers: &mut HeaderMap, upgrade: bool) {
+    if upgrade {
+        // Keep Connection: upgrade and Upgrade; drop the rest of the hop-by-hop set.
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.remove("keep-alive");
+        headers.remove("proxy-connection");
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        strip_hop_by_hop(headers);
+    }
+}
+
+/// A local reply: plain text for HTTP, trailers-only gRPC status for gRPC
+/// requests (as Envoy converts local replies for gRPC clients).
+pub fn local_reply(e: &ProxyError, grpc: bool) -> Response<ProxyBody> {
+    let body = e.body();
+    if grpc {
+        let mut resp = Response::new(ProxyBody::empty());
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(&GRPC_STATUS, HeaderValue::from(e.grpc_status() as u16));
+        if let Ok(v) = HeaderValue::from_str(&body) {
+            if !body.is_empty() {
+                h.insert(&GRPC_MESSAGE, v);
+            }
+        }
+        return resp;
+    }
+    let len = body.len();
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = e.status();
+    if len > 0 {
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}

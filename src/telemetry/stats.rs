@@ -1,0 +1,294 @@
+//! Counters and gauges with Envoy's names, rendered for Prometheus the way
+//! Envoy's `/stats/prometheus` does (`envoy_cluster_upstream_rq_total{envoy_cluster_name="x"}`),
+//! so existing dashboards keep working. Hot-path updates are relaxed atomics.
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+};
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    #[inline]
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Decrements a gauge when dropped: "active" gauges stay right on every exit path.
+pub struct ActiveGuard<'a>(&'a Gauge);
+
+impl<'a> ActiveGuard<'a> {
+    pub fn new(g: &'a Gauge) -> Self {
+        g.inc();
+        ActiveGuard(g)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Per HTTP connection manager (`http.<stat_prefix>.*`).
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub prefix: String,
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_http1_total: Counter,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_cx_protocol_error: Counter,
+    pub downstream_cx_upgrades_total: Counter,
+    pub downstream_rq_total: Counter,
+    pub downstream_rq_active: Gauge,
+    pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
+    pub downstream_rq_xx: [Counter; 5],
+    pub no_route: Counter,
+    pub no_cluster: Counter,
+    pub rq_direct_response: Counter,
+    pub downstream_rq_timeout: Counter,
+}
+
+impl HttpStats {
+    pub fn response(&self, status: u16) {
+        if let Some(c) = class(status).and_then(|i| self.downstream_rq_xx.get(i)) {
+            c.inc();
+        }
+    }
+}
+
+/// Per listener (`listener.<address>.*`).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub address: String,
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+}
+
+/// Per cluster (`cluster.<name>.*`).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub name: String,
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub upstream_cx_protocol_error: Counter,
+    pub upstream_cx_rx_bytes_total: Counter,
+    pub upstream_cx_tx_bytes_total: Counter,
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_xx: [Counter; 5],
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_rx_reset: Counter,
+    pub membership_total: Gauge,
+    pub membership_healthy: Gauge,
+}
+
+impl ClusterStats {
+    pub fn response(&self, status: u16) {
+        if let Some(c) = class(status).and_then(|i| self.upstream_rq_xx.get(i)) {
+            c.inc();
+        }
+    }
+}
+
+/// Per TCP proxy (`tcp.<stat_prefix>.*`).
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    pub prefix: String,
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_no_route: Counter,
+    pub downstream_cx_rx_bytes_total: Counter,
+    pub downstream_cx_tx_bytes_total: Counter,
+    pub idle_timeout: Counter,
+    pub upstream_flush_active: Gauge,
+}
+
+fn class(status: u16) -> Option<usize> {
+    match status {
+        100..=599 => Some((status / 100 - 1) as usize),
+        _ => None,
+    }
+}
+
+/// Every stats object the process has, for the admin endpoints.
+#[derive(Debug, Default)]
+pub struct Registry {
+    http: Mutex<Vec<Arc<HttpStats>>>,
+    listeners: Mutex<Vec<Arc<ListenerStats>>>,
+    clusters: Mutex<Vec<Arc<ClusterStats>>>,
+    tcp: Mutex<Vec<Arc<TcpStats>>>,
+}
+
+fn push<T>(list: &Mutex<Vec<Arc<T>>>, item: T) -> Arc<T> {
+    let item = Arc::new(item);
+    if let Ok(mut l) = list.lock() {
+        l.push(item.clone());
+    }
+    item
+}
+
+fn snapshot<T>(list: &Mutex<Vec<Arc<T>>>) -> Vec<Arc<T>> {
+    list.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+impl Registry {
+    pub fn http(&self, prefix: &str) -> Arc<HttpStats> {
+        push(&self.http, HttpStats { prefix: prefix.to_string(), ..Default::default() })
+    }
+    pub fn listener(&self, address: &str) -> Arc<ListenerStats> {
+        push(&self.listeners, ListenerStats { address: address.to_string(), ..Default::default() })
+    }
+    pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
+        push(&self.clusters, ClusterStats { name: name.to_string(), ..Default::default() })
+    }
+    pub fn tcp(&self, prefix: &str) -> Arc<TcpStats> {
+        push(&self.tcp, TcpStats { prefix: prefix.to_string(), ..Default::default() })
+    }
+
+    /// Prometheus text exposition, metric families grouped as the format requires.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let http = snapshot(&self.http);
+        let listeners = snapshot(&self.listeners);
+        let clusters = snapshot(&self.clusters);
+        let tcp = snapshot(&self.tcp);
+
+        macro_rules! family {
+            ($items:expr, $metric:literal, $kind:literal, $label:literal, $key:ident, |$s:ident| $value:expr) => {
+                if !$items.is_empty() {
+                    let _ = writeln!(out, "# TYPE {} {}", $metric, $kind);
+                    for $s in $items.iter() {
+                        let _ = writeln!(out, "{}{{{}=\"{}\"}} {}", $metric, $label, escape(&$s.$key), $value);
+                    }
+                }
+            };
+        }
+        macro_rules! classes {
+            ($items:expr, $metric:literal, $label:literal, $key:ident, $field:ident) => {
+                if !$items.is_empty() {
+                    let _ = writeln!(out, "# TYPE {} counter", $metric);
+                    for s in $items.iter() {
+                        for (i, c) in s.$field.iter().enumerate() {
+                            let _ = writeln!(
+                                out,
+                                "{}{{envoy_response_code_class=\"{}\",{}=\"{}\"}} {}",
+                                $metric,
+                                i + 1,
+                                $label,
+                                escape(&s.$key),
+                                c.get()
+                            );
+                        }
+                    }
+                }
+            };
+        }
+        const H: &str = "envoy_http_conn_manager_prefix";
+        let _ = H;
+        family!(http, "envoy_http_downstream_cx_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_total.get());
+        family!(http, "envoy_http_downstream_cx_active", "gauge", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_active.get());
+        family!(http, "envoy_http_downstream_cx_http1_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_http1_total.get());
+        family!(http, "envoy_http_downstream_cx_http2_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_http2_total.get());
+        family!(http, "envoy_http_downstream_cx_protocol_error", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_protocol_error.get());
+        family!(http, "envoy_http_downstream_cx_upgrades_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_upgrades_total.get());
+        family!(http, "envoy_http_downstream_rq_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_total.get());
+        family!(http, "envoy_http_downstream_rq_active", "gauge", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_active.get());
+        family!(http, "envoy_http_downstream_rq_http1_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_http1_total.get());
+        family!(http, "envoy_http_downstream_rq_http2_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_http2_total.get());
+        classes!(http, "envoy_http_downstream_rq_xx", "envoy_http_conn_manager_prefix", prefix, downstream_rq_xx);
+        family!(http, "envoy_http_no_route", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.no_route.get());
+        family!(http, "envoy_http_no_cluster", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.no_cluster.get());
+        family!(http, "envoy_http_rq_direct_response", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.rq_direct_response.get());
+        family!(http, "envoy_http_downstream_rq_timeout", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_timeout.get());
+
+        family!(listeners, "envoy_listener_downstream_cx_total", "counter", "envoy_listener_address", address, |s| s.downstream_cx_total.get());
+        family!(listeners, "envoy_listener_downstream_cx_active", "gauge", "envoy_listener_address", address, |s| s.downstream_cx_active.get());
+
+        family!(clusters, "envoy_cluster_upstream_cx_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_total.get());
+        family!(clusters, "envoy_cluster_upstream_cx_active", "gauge", "envoy_cluster_name", name, |s| s.upstream_cx_active.get());
+        family!(clusters, "envoy_cluster_upstream_cx_http1_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_http1_total.get());
+        family!(clusters, "envoy_cluster_upstream_cx_http2_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_http2_total.get());
+        family!(clusters, "envoy_cluster_upstream_cx_connect_fail", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_connect_fail.get());
+        family!(clusters, "envoy_cluster_upstream_cx_connect_timeout", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_connect_timeout.get());
+        family!(clusters, "envoy_cluster_upstream_cx_none_healthy", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_none_healthy.get());
+        family!(clusters, "envoy_cluster_upstream_cx_protocol_error", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_protocol_error.get());
+        family!(clusters, "envoy_cluster_upstream_cx_rx_bytes_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_rx_bytes_total.get());
+        family!(clusters, "envoy_cluster_upstream_cx_tx_bytes_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_tx_bytes_total.get());
+        family!(clusters, "envoy_cluster_upstream_rq_total", "counter", "envoy_cluster_name", name, |s| s.upstream_rq_total.get());
+        family!(clusters, "envoy_cluster_upstream_rq_active", "gauge", "envoy_cluster_name", name, |s| s.upstream_rq_active.get());
+        classes!(clusters, "envoy_cluster_upstream_rq_xx", "envoy_cluster_name", name, upstream_rq_xx);
+        family!(clusters, "envoy_cluster_upstream_rq_timeout", "counter", "envoy_cluster_name", name, |s| s.upstream_rq_timeout.get());
+        family!(clusters, "envoy_cluster_upstream_rq_rx_reset", "counter", "envoy_cluster_name", name, |s| s.upstream_rq_rx_reset.get());
+        family!(clusters, "envoy_cluster_membership_total", "gauge", "envoy_cluster_name", name, |s| s.membership_total.get());
+        family!(clusters, "envoy_cluster_membership_healthy", "gauge", "envoy_cluster_name", name, |s| s.membership_healthy.get());
+
+        family!(tcp, "envoy_tcp_downstream_cx_total", "counter", "envoy_tcp_prefix", prefix, |s| s.downstream_cx_total.get());
+        family!(tcp, "envoy_tcp_downstream_cx_no_route", "counter", "envoy_tcp_prefix", prefix, |s| s.downstream_cx_no_route.get());
+        family!(tcp, "envoy_tcp_downstream_cx_rx_bytes_total", "counter", "envoy_tcp_prefix", prefix, |s| s.downstream_cx_rx_bytes_total.get());
+        family!(tcp, "envoy_tcp_downstream_cx_tx_bytes_total", "counter", "envoy_tcp_prefix", prefix, |s| s.downstream_cx_tx_bytes_total.get());
+        family!(tcp, "envoy_tcp_idle_timeout", "counter", "envoy_tcp_prefix", prefix, |s| s.idle_timeout.get());
+        family!(tcp, "envoy_tcp_upstream_flush_active", "gauge", "envoy_tcp_prefix", prefix, |s| s.upstream_flush_active.get());
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_names_follow_envoy() {
+        let r = Registry::default();
+        let c = r.cluster("backend");
+        c.upstream_rq_total.inc();
+        c.response(503);
+        let text = r.prometheus();
+        assert!(text.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 1"), "{text}");
+        assert!(text.contains("envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"backend\"} 1"), "{text}");
+        assert_eq!(text.matches("# TYPE envoy_cluster_upstream_rq_total counter").count(), 1);
+    }
+}

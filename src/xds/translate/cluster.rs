@@ -1,0 +1,144 @@
+//! `envoy.config.cluster.v3.Cluster` (STATIC, with `load_assignment`) ->
+//! `config::Cluster`.
+
+use std::time::Duration;
+
+use super::{listener::socket_address, Msg};
+use crate::config::{self, Http2Settings, UpstreamProtocol};
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
+    let name = m.string("name");
+    if name.is_empty() {
+        m.field_error("name", "a cluster needs a name");
+    }
+    // A cluster with no `type` is STATIC, as in Envoy.
+    let kind = if m.has("cluster_type") {
+        m.field_error("cluster_type", "custom cluster types are not supported yet");
+        return None;
+    } else {
+        m.enum_name("type")
+    };
+    if kind != "STATIC" {
+        m.field_error(
+            "type",
+            format!("cluster type {kind} is not supported yet (only STATIC; DNS and EDS come later)"),
+        );
+    }
+    // Envoy's default connect_timeout is 5 s.
+    let connect_timeout = m.duration("connect_timeout").unwrap_or(Duration::from_secs(5));
+    if connect_timeout.is_zero() {
+        m.field_error("connect_timeout", "must be greater than zero");
+    }
+    let lb = m.enum_name("lb_policy");
+    if lb != "ROUND_ROBIN" {
+        m.field_error("lb_policy", format!("{lb} is not supported yet (only ROUND_ROBIN)"));
+    }
+
+    let mut protocol = UpstreamProtocol::Http1;
+    let mut http2 = Http2Settings::default();
+    let mut idle_timeout = Some(Duration::from_secs(3600));
+    // The deprecated cluster-level fields still appear in real configs.
+    if let Some(h2) = m.msg("http2_protocol_options") {
+        protocol = UpstreamProtocol::Http2;
+        http2 = super::listener::http2_settings(h2);
+    }
+    if let Some(h1) = m.msg("http_protocol_options") {
+        super::listener::http1_options(h1);
+    }
+    if let Some(mut common) = m.msg("common_http_protocol_options") {
+        idle_timeout = common_options(&mut common);
+    }
+    for (key, entry) in m.map_entries("typed_extension_protocol_options") {
+        let entry_path = entry.path.clone();
+        match entry.unpack() {
+            Some((t, mut o)) if t == HTTP_PROTOCOL_OPTIONS => {
+                if let Some(mut common) = o.msg("common_http_protocol_options") {
+                    idle_timeout = common_options(&mut common);
+                }
+                if let Some(mut explicit) = o.msg("explicit_http_config") {
+                    if let Some(h2) = explicit.msg("http2_protocol_options") {
+                        protocol = UpstreamProtocol::Http2;
+                        http2 = super::listener::http2_settings(h2);
+                    } else if let Some(h1) = explicit.msg("http_protocol_options") {
+                        protocol = UpstreamProtocol::Http1;
+                        super::listener::http1_options(h1);
+                    }
+                }
+            }
+            Some((t, o)) => {
+                o.abandon();
+                m.ctx().error(&entry_path, format!("protocol options '{key}' of type {t} are not supported"));
+            }
+            None => {}
+        }
+    }
+
+    let mut endpoints = Vec::new();
+    if let Some(mut la) = m.msg("load_assignment") {
+        la.ignore("cluster_name");
+        if let Some(mut policy) = la.msg("policy") {
+            policy.advisory(
+                "overprovisioning_factor",
+                "accepted without effect: remora has a single priority for now",
+            );
+            policy.ignore("weighted_priority_health");
+        }
+        for mut locality in la.list("endpoints") {
+            locality.ignore("locality");
+            locality.ignore("metadata");
+            if locality.u32("priority") != 0 {
+                locality.field_error("priority", "priorities are not supported yet");
+            }
+            locality.advisory(
+                "load_balancing_weight",
+                "accepted without effect: locality weighting is not implemented yet",
+            );
+            for mut lb_ep in locality.list("lb_endpoints") {
+                let health = lb_ep.enum_name("health_status");
+                lb_ep.ignore("metadata");
+                if let Some(w) = lb_ep.wrapped_u32("load_balancing_weight") {
+                    if w == 0 {
+                        lb_ep.field_error("load_balancing_weight", "must be at least 1");
+                    } else if w != 1 {
+                        lb_ep.field_error("load_balancing_weight", "weighted endpoints are not supported yet");
+                    }
+                }
+                if let Some(mut ep) = lb_ep.msg("endpoint") {
+                    ep.ignore("hostname");
+                    ep.advisory("health_check_config", "accepted without effect: no active health checks yet");
+                    if let Some(addr) = ep.msg("address").and_then(socket_address) {
+                        // As Envoy: only HEALTHY and UNKNOWN endpoints receive traffic.
+                        if health == "HEALTHY" || health == "UNKNOWN" {
+                            endpoints.push(config::Endpoint { address: addr });
+                        }
+                    }
+                } else {
+                    lb_ep.error("lb_endpoints entry needs an endpoint");
+                }
+            }
+        }
+    }
+
+    m.ignore("alt_stat_name");
+    m.ignore("metadata");
+    m.ignore("per_connection_buffer_limit_bytes");
+    m.ignore("dns_lookup_family");
+    m.ignore("respect_dns_ttl");
+    m.ignore("dns_refresh_rate");
+    m.ignore("upstream_connection_options");
+    m.ignore("track_cluster_stats");
+    m.ignore("cleanup_interval");
+    m.ignore("close_connections_on_host_health_failure");
+    m.ignore("ignore_health_on_host_removal");
+    drop(m);
+    Some(config::Cluster { name, connect_timeout, protocol, http2, idle_timeout, endpoints })
+}
+
+/// `core.v3.HttpProtocolOptions`: the upstream idle timeout (default 1 h, 0 disables).
+fn common_options(m: &mut Msg<'_, '_>) -> Option<Duration> {
+    let idle = m.duration("idle_timeout").unwrap_or(Duration::from_secs(3600));
+    m.advisory("max_headers_count", "accepted without effect: header count limits are fixed");
+    (!idle.is_zero()).then_some(idle)
+}
