@@ -1,10 +1,10 @@
-//! Serves one downstream connection with hyper (HTTP/1.1, h2c prior
-//! knowledge, or either by the connection preface for `codec_type: AUTO`),
-//! and shuts it down gracefully when the proxy drains.
+//! Serves one downstream connection with hyper: HTTP/1.1 (with upgrades),
+//! h2c prior knowledge, or either by the connection preface for
+//! `codec_type: AUTO`; shuts it down gracefully when the proxy drains.
 
 use std::{convert::Infallible, sync::Arc};
 
-use hyper::{body::Incoming, service::service_fn, Request};
+use hyper::{body::Incoming, server::conn::http1, server::conn::http2, service::service_fn, Request};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -15,45 +15,57 @@ use tokio_util::sync::CancellationToken;
 use super::proxy::{ConnInfo, HttpProxy};
 use crate::{config::Codec, telemetry::stats::ActiveGuard};
 
+/// Runs a hyper connection future until it ends, or until the proxy drains:
+/// then HTTP/1.1 finishes the request in flight and closes, HTTP/2 sends GOAWAY.
+macro_rules! serve_until_drained {
+    ($conn:expr, $drain:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r.map_err(|e| e.to_string()),
+            _ = $drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await.map_err(|e| e.to_string())
+            }
+        }
+    }};
+}
+
 pub async fn serve(stream: TcpStream, proxy: Arc<HttpProxy>, conn: ConnInfo, drain: CancellationToken) {
     let stats = proxy.stats.clone();
     stats.downstream_cx_total.inc();
     let _active = ActiveGuard::new(&stats.downstream_cx_active);
     let hcm = proxy.hcm.clone();
     let io = TokioIo::new(stream);
-    let svc_proxy = proxy.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = svc_proxy.clone();
+        let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
     });
+    let h2 = hcm.http2;
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    match hcm.codec {
+    let result = match hcm.codec {
         Codec::Http1 => {
-            builder = builder.http1_only();
             stats.downstream_cx_http1_total.inc();
+            let builder = http1::Builder::new();
+            serve_until_drained!(builder.serve_connection(io, service).with_upgrades(), drain)
         }
         Codec::Http2 => {
-            builder = builder.http2_only();
             stats.downstream_cx_http2_total.inc();
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .initial_stream_window_size(h2.initial_stream_window_size)
+                .initial_connection_window_size(h2.initial_connection_window_size);
+            serve_until_drained!(builder.serve_connection(io, service), drain)
         }
-        Codec::Auto => {}
-    }
-    builder.http1().keep_alive(true).half_close(false);
-    builder
-        .http2()
-        .max_concurrent_streams(hcm.http2.max_concurrent_streams)
-        .initial_stream_window_size(hcm.http2.initial_stream_window_size)
-        .initial_connection_window_size(hcm.http2.initial_connection_window_size);
-
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        r = connection.as_mut() => r,
-        _ = drain.cancelled() => {
-            // HTTP/1.1: finish the request in flight, then close; HTTP/2: GOAWAY.
-            connection.as_mut().graceful_shutdown();
-            connection.await
+        Codec::Auto => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .initial_stream_window_size(h2.initial_stream_window_size)
+                .initial_connection_window_size(h2.initial_connection_window_size);
+            serve_until_drained!(builder.serve_connection_with_upgrades(io, service), drain)
         }
     };
     if let Err(e) = result {
