@@ -36,6 +36,7 @@ pub struct Proxy {
     pub state: Arc<AdminState>,
     drain: CancellationToken,
     tracker: TaskTracker,
+    admin_stop: CancellationToken,
 }
 
 impl Proxy {
@@ -97,6 +98,8 @@ impl Proxy {
             loaded_at: SystemTime::now(),
             quit: CancellationToken::new(),
         });
+        // The admin server outlives the drain (so /ready can say DRAINING) and stops after it.
+        let admin_stop = CancellationToken::new();
         let admin = match &bootstrap.admin {
             Some(a) => {
                 let socket = listener::bind(a.address).map_err(|source| StartError::Bind {
@@ -105,7 +108,7 @@ impl Proxy {
                     source,
                 })?;
                 let local = socket.local_addr().unwrap_or(a.address);
-                tokio::spawn(admin::serve(socket, state.clone(), CancellationToken::new()));
+                tokio::spawn(admin::serve(socket, state.clone(), admin_stop.clone()));
                 Some(local)
             }
             None => None,
@@ -115,7 +118,7 @@ impl Proxy {
         }
         // Every socket is bound and listening: connections queue from here on.
         state.ready.store(true, Relaxed);
-        Ok(Proxy { listeners, admin, state, drain, tracker })
+        Ok(Proxy { listeners, admin, state, drain, tracker, admin_stop })
     }
 
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
@@ -138,6 +141,7 @@ impl Proxy {
         if !finished {
             tracing::warn!(remaining = self.tracker.len(), "drain timeout: closing remaining connections");
         }
+        self.admin_stop.cancel();
         finished
     }
 }

@@ -46,7 +46,6 @@ impl ClusterRuntime {
         if n == 0 {
             return None;
         }
-        // Start at a random offset so proxies started together do not march in step.
         let i = self.next.fetch_add(1, Relaxed);
         self.endpoints.get(i % n)
     }
@@ -64,6 +63,7 @@ impl ClusterMap {
             .iter()
             .map(|c| {
                 let rt = ClusterRuntime::new(c.clone(), registry);
+                // Start at a random offset so proxies started together do not march in step.
                 rt.next.store(fastrand::usize(..), Relaxed);
                 (c.name.clone(), Arc::new(rt))
             })

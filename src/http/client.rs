@@ -149,10 +149,14 @@ impl EndpointPool {
             }
         }
         let stream = self.connect().await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| classify_upstream(&e))?;
+        let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                self.cluster_stats.upstream_cx_active.dec();
+                self.cluster_stats.upstream_cx_protocol_error.inc();
+                return Err(classify_upstream(&e));
+            }
+        };
         self.cluster_stats.upstream_cx_http1_total.inc();
         let pool_stats = self.cluster_stats.clone();
         self.stats.cx_active.inc();
@@ -177,12 +181,19 @@ impl EndpointPool {
             return Ok(found);
         }
         let stream = self.connect().await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let handshake = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(self.h2_stream_window)
             .initial_connection_window_size(self.h2_conn_window)
             .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| classify_upstream(&e))?;
+            .await;
+        let (sender, conn) = match handshake {
+            Ok(pair) => pair,
+            Err(e) => {
+                self.cluster_stats.upstream_cx_active.dec();
+                self.cluster_stats.upstream_cx_protocol_error.inc();
+                return Err(classify_upstream(&e));
+            }
+        };
         self.cluster_stats.upstream_cx_http2_total.inc();
         self.stats.cx_active.inc();
         let pool_stats = self.cluster_stats.clone();

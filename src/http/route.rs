@@ -42,8 +42,8 @@ impl RouteTable {
             }
         }
         // Stable sorts keep config order among equal lengths.
-        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let strip_port = if config.ignore_port_in_host_matching { StripPort::Any } else { strip_port };
         RouteTable { config, exact, suffixes, prefixes, wildcard, strip_port }
     }

@@ -1,19 +1,20 @@
 //! Serves one downstream connection with hyper: HTTP/1.1 (with upgrades),
 //! h2c prior knowledge, or either by the connection preface for
-//! `codec_type: AUTO`; shuts it down gracefully when the proxy drains.
+//! `codec_type: AUTO` (see `listener::detect`); shuts it down gracefully when the proxy drains.
 
 use std::{convert::Infallible, sync::Arc};
 
 use hyper::{body::Incoming, server::conn::http1, server::conn::http2, service::service_fn, Request};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::proxy::{ConnInfo, HttpProxy};
-use crate::{config::Codec, telemetry::stats::ActiveGuard};
+use crate::{
+    config::Codec,
+    listener::detect::{detect, Detected},
+    telemetry::stats::ActiveGuard,
+};
 
 /// Runs a hyper connection future until it ends, or until the proxy drains:
 /// then HTTP/1.1 finishes the request in flight and closes, HTTP/2 sends GOAWAY.
@@ -36,6 +37,15 @@ pub async fn serve(stream: TcpStream, proxy: Arc<HttpProxy>, conn: ConnInfo, dra
     stats.downstream_cx_total.inc();
     let _active = ActiveGuard::new(&stats.downstream_cx_active);
     let hcm = proxy.hcm.clone();
+    let protocol = match hcm.codec {
+        Codec::Http1 => Detected::Http1,
+        Codec::Http2 => Detected::Http2,
+        // The h2 preface or not, peeked (hyper's codecs still read it).
+        Codec::Auto => tokio::select! {
+            d = detect(&stream) => d,
+            _ = drain.cancelled() => return,
+        },
+    };
     let io = TokioIo::new(stream);
     let service = service_fn(move |req: Request<Incoming>| {
         let proxy = proxy.clone();
@@ -43,13 +53,13 @@ pub async fn serve(stream: TcpStream, proxy: Arc<HttpProxy>, conn: ConnInfo, dra
     });
     let h2 = hcm.http2;
 
-    let result = match hcm.codec {
-        Codec::Http1 => {
+    let result = match protocol {
+        Detected::Http1 => {
             stats.downstream_cx_http1_total.inc();
             let builder = http1::Builder::new();
             serve_until_drained!(builder.serve_connection(io, service).with_upgrades(), drain)
         }
-        Codec::Http2 => {
+        Detected::Http2 => {
             stats.downstream_cx_http2_total.inc();
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder
@@ -57,15 +67,6 @@ pub async fn serve(stream: TcpStream, proxy: Arc<HttpProxy>, conn: ConnInfo, dra
                 .initial_stream_window_size(h2.initial_stream_window_size)
                 .initial_connection_window_size(h2.initial_connection_window_size);
             serve_until_drained!(builder.serve_connection(io, service), drain)
-        }
-        Codec::Auto => {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http2()
-                .max_concurrent_streams(h2.max_concurrent_streams)
-                .initial_stream_window_size(h2.initial_stream_window_size)
-                .initial_connection_window_size(h2.initial_connection_window_size);
-            serve_until_drained!(builder.serve_connection_with_upgrades(io, service), drain)
         }
     };
     if let Err(e) = result {

@@ -2,6 +2,8 @@
 //! its listener's terminal filter (HTTP connection manager or TCP proxy) as
 //! a task; the loop itself never dies on a peer's or the OS's error.
 
+pub mod detect;
+
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};

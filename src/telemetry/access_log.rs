@@ -35,6 +35,9 @@ enum Piece {
     Resp(String, Option<String>),
 }
 
+/// Looks up a header by lower-case name (pseudo-headers included).
+pub type HeaderLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// What one request (or TCP connection) leaves for the access log.
 #[derive(Default)]
 pub struct Entry<'a> {
@@ -51,8 +54,8 @@ pub struct Entry<'a> {
     pub route_name: &'a str,
     pub downstream_remote: Option<std::net::SocketAddr>,
     pub downstream_local: Option<std::net::SocketAddr>,
-    pub request_header: Option<&'a dyn Fn(&str) -> Option<String>>,
-    pub response_header: Option<&'a dyn Fn(&str) -> Option<String>>,
+    pub request_header: Option<HeaderLookup<'a>>,
+    pub response_header: Option<HeaderLookup<'a>>,
 }
 
 impl Format {
@@ -125,7 +128,7 @@ impl Format {
     }
 }
 
-fn lookup(f: Option<&dyn Fn(&str) -> Option<String>>, a: &str, b: &Option<String>) -> Option<String> {
+fn lookup(f: Option<HeaderLookup<'_>>, a: &str, b: &Option<String>) -> Option<String> {
     let f = f?;
     f(a).or_else(|| b.as_deref().and_then(f))
 }

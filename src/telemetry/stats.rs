@@ -223,8 +223,6 @@ impl Registry {
                 }
             };
         }
-        const H: &str = "envoy_http_conn_manager_prefix";
-        let _ = H;
         family!(http, "envoy_http_downstream_cx_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_total.get());
         family!(http, "envoy_http_downstream_cx_active", "gauge", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_active.get());
         family!(http, "envoy_http_downstream_cx_http1_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_http1_total.get());
