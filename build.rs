@@ -56,14 +56,21 @@ fn envoy_types_dir() -> PathBuf {
 /// `xds.type.v3.TypedStruct` but not this one; it is declared here so such
 /// configs decode and can be named precisely when rejected.
 fn udpa_typed_struct() -> prost_types::FileDescriptorProto {
-    use prost_types::{field_descriptor_proto::{Label, Type}, DescriptorProto, FieldDescriptorProto};
+    use prost_types::{
+        field_descriptor_proto::{Label, Type},
+        DescriptorProto, FieldDescriptorProto,
+    };
     let field = |name: &str, number: i32, ty: Type, type_name: Option<&str>| FieldDescriptorProto {
         name: Some(name.into()),
         number: Some(number),
         label: Some(Label::Optional as i32),
         r#type: Some(ty as i32),
         type_name: type_name.map(Into::into),
-        json_name: Some(if name == "type_url" { "typeUrl".into() } else { name.into() }),
+        json_name: Some(if name == "type_url" {
+            "typeUrl".into()
+        } else {
+            name.into()
+        }),
         ..Default::default()
     };
     prost_types::FileDescriptorProto {

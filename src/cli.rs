@@ -11,7 +11,11 @@ pub const EXIT_RUNTIME: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "remora", version, about = "A sidecar service-mesh proxy that speaks Envoy's xDS v3")]
+#[command(
+    name = "remora",
+    version,
+    about = "A sidecar service-mesh proxy that speaks Envoy's xDS v3"
+)]
 pub struct Cli {
     /// Log level: trace, debug, info, warn, error or off (REMORA_LOG overrides).
     #[arg(long, global = true, default_value = "info", value_parser = ["trace", "debug", "info", "warn", "error", "off"])]
@@ -95,7 +99,11 @@ fn check(path: &std::path::Path) -> i32 {
 }
 
 fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -24,7 +24,11 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("listener '{name}' cannot bind {address}: {source}")]
-    Bind { name: String, address: SocketAddr, source: std::io::Error },
+    Bind {
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("access log '{path}' cannot be opened: {source}")]
     AccessLog { path: String, source: std::io::Error },
 }
@@ -77,7 +81,13 @@ impl Proxy {
                         logs.push((al.format.clone(), sink));
                     }
                     let stats = registry.http(&hcm.stat_prefix);
-                    Handler::Http(Arc::new(HttpProxy::new(hcm.clone(), clusters.clone(), stats, local.port(), logs)))
+                    Handler::Http(Arc::new(HttpProxy::new(
+                        hcm.clone(),
+                        clusters.clone(),
+                        stats,
+                        local.port(),
+                        logs,
+                    )))
                 }
                 NetworkFilter::Tcp(tcp) => Handler::Tcp(Arc::new(TcpProxyRuntime {
                     config: tcp.clone(),
@@ -114,11 +124,24 @@ impl Proxy {
             None => None,
         };
         for (socket, handler, stats) in bound {
-            tokio::spawn(listener::accept_loop(socket, handler, stats, drain.clone(), tracker.clone()));
+            tokio::spawn(listener::accept_loop(
+                socket,
+                handler,
+                stats,
+                drain.clone(),
+                tracker.clone(),
+            ));
         }
         // Every socket is bound and listening: connections queue from here on.
         state.ready.store(true, Relaxed);
-        Ok(Proxy { listeners, admin, state, drain, tracker, admin_stop })
+        Ok(Proxy {
+            listeners,
+            admin,
+            state,
+            drain,
+            tracker,
+            admin_stop,
+        })
     }
 
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
@@ -139,7 +162,10 @@ impl Proxy {
         self.tracker.close();
         let finished = tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok();
         if !finished {
-            tracing::warn!(remaining = self.tracker.len(), "drain timeout: closing remaining connections");
+            tracing::warn!(
+                remaining = self.tracker.len(),
+                "drain timeout: closing remaining connections"
+            );
         }
         self.admin_stop.cancel();
         finished

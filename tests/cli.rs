@@ -18,7 +18,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_remora");
 
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().expect("run remora");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -32,7 +36,12 @@ fn write_config(name: &str, yaml: &str) -> std::path::PathBuf {
 
 #[test]
 fn help_on_every_subcommand() {
-    for args in [&["--help"][..], &["run", "--help"], &["check", "--help"], &["demo", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check", "--help"],
+        &["demo", "--help"],
+    ] {
         let (code, text) = run(args);
         assert_eq!(code, 0, "{args:?}: {text}");
         assert!(text.contains("Usage"), "{args:?}: {text}");
@@ -158,7 +167,10 @@ fn check_names_the_field_path_of_each_error() {
         assert!(text.contains(&expected), "{name}: expected\n  {expected}\ngot\n{text}");
     }
     // Every error is printed, not only the first.
-    let both = base("route: { cluster: nowhere }", "\n    circuit_breakers: {}\n    outlier_detection: {}");
+    let both = base(
+        "route: { cluster: nowhere }",
+        "\n    circuit_breakers: {}\n    outlier_detection: {}",
+    );
     let path = write_config("many.yaml", &both);
     let (code, text) = run(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2);
@@ -193,7 +205,15 @@ impl Drop for Running {
 fn spawn_proxy(yaml: &str, name: &str) -> Running {
     let path = write_config(name, yaml);
     let mut child = Command::new(BIN)
-        .args(["run", "--config", path.to_str().unwrap(), "--concurrency", "1", "--drain-timeout", "5"])
+        .args([
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--concurrency",
+            "1",
+            "--drain-timeout",
+            "5",
+        ])
         .env("REMORA_LOG", "remora=info")
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
@@ -212,9 +232,15 @@ fn spawn_proxy(yaml: &str, name: &str) -> Running {
     let deadline = std::time::Instant::now() + WAIT;
     while listener.is_none() || admin.is_none() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("remora did not report its addresses"));
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("remora did not report its addresses"));
         let line = strip_ansi(&line);
-        let addr = line.split("address=").nth(1).and_then(|a| a.split_whitespace().next()).and_then(|a| a.parse().ok());
+        let addr = line
+            .split("address=")
+            .nth(1)
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
         if line.contains("admin listening") {
             admin = addr;
         } else if line.contains("listening") {
@@ -223,7 +249,11 @@ fn spawn_proxy(yaml: &str, name: &str) -> Running {
     }
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || while rx.recv().is_ok() {});
-    Running { child, listener: listener.unwrap(), admin: admin.unwrap() }
+    Running {
+        child,
+        listener: listener.unwrap(),
+        admin: admin.unwrap(),
+    }
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -304,7 +334,9 @@ async fn quitquitquit_stops_the_proxy() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     assert_eq!(admin.send(req).await.status, 200);
-    let code = tokio::task::spawn_blocking(move || wait_exit(&mut p.child)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut p.child))
+        .await
+        .unwrap();
     assert_eq!(code, 0);
 }
 
@@ -312,7 +344,8 @@ async fn quitquitquit_stops_the_proxy() {
 fn a_port_in_use_exits_1_naming_the_listener() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let yaml = proxied_config("127.0.0.1:9".parse().unwrap()).replacen("port_value: 0", &format!("port_value: {port}"), 2);
+    let yaml =
+        proxied_config("127.0.0.1:9".parse().unwrap()).replacen("port_value: 0", &format!("port_value: {port}"), 2);
     // Both the admin and the listener ask for the taken port; whichever binds first fails.
     let path = write_config("busy.yaml", &yaml);
     let (code, text) = run(&["run", "--config", path.to_str().unwrap()]);

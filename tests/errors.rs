@@ -53,18 +53,27 @@ route_config:
         + &cluster("closed", &[closed], false, "")
         + &cluster("empty", &[], false, "");
     let proxy = proxy(&http_bootstrap(&hcm, &clusters)).await;
-    Setup { proxy, log, _good: good }
+    Setup {
+        proxy,
+        log,
+        _good: good,
+    }
 }
 
 fn fastrand_id() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 async fn logged(s: &Setup, path: &str) -> String {
     eventually(&format!("access log line for {path}"), || async {
         let text = std::fs::read_to_string(&s.log).unwrap_or_default();
-        text.lines().find(|l| l.starts_with(&format!("{path} "))).map(str::to_string)
+        text.lines()
+            .find(|l| l.starts_with(&format!("{path} ")))
+            .map(str::to_string)
     })
     .await
 }
@@ -95,7 +104,12 @@ async fn connect_failure_is_503_uf() {
     let mut c = H1::connect(s.proxy.listener("http").unwrap()).await;
     let r = c.get("x", "/closed").await;
     assert_eq!(r.status, 503);
-    assert!(r.text().starts_with("upstream connect error or disconnect/reset before headers."), "{}", r.text());
+    assert!(
+        r.text()
+            .starts_with("upstream connect error or disconnect/reset before headers."),
+        "{}",
+        r.text()
+    );
     assert_eq!(logged(&s, "/closed").await, "/closed 503 UF closed");
     // The downstream connection is still good.
     assert_eq!(c.get("x", "/ok").await.status, 200);

@@ -36,7 +36,10 @@ impl RateLimitService for Limits {
     ) -> Result<tonic::Response<RateLimitResponse>, Status> {
         let domain = req.into_inner().domain;
         if domain == "ok" {
-            let mut resp = tonic::Response::new(RateLimitResponse { overall_code: 1, ..Default::default() });
+            let mut resp = tonic::Response::new(RateLimitResponse {
+                overall_code: 1,
+                ..Default::default()
+            });
             resp.metadata_mut().insert("x-served-by", "limits".parse().unwrap());
             Ok(resp)
         } else {
@@ -65,16 +68,23 @@ impl AggregatedDiscoveryService for Echo {
         tokio::spawn(async move {
             while let Some(Ok(msg)) = input.next().await {
                 if msg.type_url == "fail" {
-                    let _ = tx.send(Err(Status::resource_exhausted("stream failed on purpose"))).await;
+                    let _ = tx
+                        .send(Err(Status::resource_exhausted("stream failed on purpose")))
+                        .await;
                     return;
                 }
-                let resp = DiscoveryResponse { version_info: msg.version_info, ..Default::default() };
+                let resp = DiscoveryResponse {
+                    version_info: msg.version_info,
+                    ..Default::default()
+                };
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn delta_aggregated_resources(
@@ -120,7 +130,9 @@ async fn grpc_proxy() -> (remora::proxy::Proxy, std::net::SocketAddr) {
 async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
     within(
         "grpc connect",
-        tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect(),
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect(),
     )
     .await
     .expect("channel")
@@ -130,15 +142,27 @@ async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
 async fn grpc_unary_passes_status_and_metadata() {
     let (_p, addr) = grpc_proxy().await;
     let mut client = RateLimitServiceClient::new(channel(addr).await);
-    let ok = within("unary ok", client.should_rate_limit(RateLimitRequest { domain: "ok".into(), ..Default::default() }))
-        .await
-        .expect("ok response");
+    let ok = within(
+        "unary ok",
+        client.should_rate_limit(RateLimitRequest {
+            domain: "ok".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("ok response");
     assert_eq!(ok.metadata().get("x-served-by").unwrap(), "limits");
     assert_eq!(ok.into_inner().overall_code, 1);
 
-    let err = within("unary err", client.should_rate_limit(RateLimitRequest { domain: "no".into(), ..Default::default() }))
-        .await
-        .expect_err("error status");
+    let err = within(
+        "unary err",
+        client.should_rate_limit(RateLimitRequest {
+            domain: "no".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect_err("error status");
     // grpc-status and grpc-message come through the trailers untouched.
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert_eq!(err.message(), "domain no is not allowed");
@@ -158,11 +182,24 @@ async fn grpc_bidirectional_streaming_both_ways() {
     .into_inner();
     // Interleave: each request gets its response before the next is sent.
     for i in 0..5 {
-        tx.send(DiscoveryRequest { version_info: format!("v{i}"), ..Default::default() }).await.unwrap();
-        let resp = within("stream response", responses.next()).await.expect("a response").expect("ok");
+        tx.send(DiscoveryRequest {
+            version_info: format!("v{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let resp = within("stream response", responses.next())
+            .await
+            .expect("a response")
+            .expect("ok");
         assert_eq!(resp.version_info, format!("v{i}"));
     }
-    tx.send(DiscoveryRequest { type_url: "fail".into(), ..Default::default() }).await.unwrap();
+    tx.send(DiscoveryRequest {
+        type_url: "fail".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let end = within("stream end", responses.next()).await.expect("status");
     let status = end.expect_err("error status at the end");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
@@ -174,7 +211,9 @@ async fn h2c_downstream_to_http1_upstream() {
     let up = upstream("h1").await;
     let p = proxy(&http_bootstrap(&routes_to("h1"), &cluster("h1", &[up.addr], false, ""))).await;
     let mut h2 = h2_client(p.listener("http").unwrap()).await;
-    let req = Request::get(format!("http://svc.local/path?q=1")).body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get("http://svc.local/path?q=1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = within("h2 request", h2.send_request(req)).await.expect("response");
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let r = Reply::read(resp).await;
@@ -219,6 +258,8 @@ async fn codec_http1_rejects_h2_preface() {
     let reply = raw_exchange(p.listener("http").unwrap(), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
     // An HTTP/1.1-only listener answers the h2 preface as a bad request and closes.
     assert!(reply.starts_with("HTTP/1.1 400") || reply.is_empty(), "{reply:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "the connection was not closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the connection was not closed"
+    );
 }
-

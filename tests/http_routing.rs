@@ -160,7 +160,11 @@ async fn routes_match_path_regex_and_headers_first_match_wins() {
     assert_eq!(c.get("x", "/items/42/x").await.json()["upstream"], "a");
 
     let with = |k: &str, v: &str| {
-        Request::get("/hdr").header("host", "x").header(k, v).body(Full::new(Bytes::new())).unwrap()
+        Request::get("/hdr")
+            .header("host", "x")
+            .header(k, v)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
     };
     assert_eq!(c.send(with("x-canary", "true")).await.json()["upstream"], "b");
     // No x-env header: the inverted matcher does not match a missing header.
@@ -179,7 +183,10 @@ async fn rewrites_prefix_and_host() {
     let r = c.get("svc.local", "/api/v1/users?id=7").await;
     assert_eq!(r.json()["uri"], "/v2/users?id=7");
     // Envoy keeps the original path for the upstream.
-    assert_eq!(r.upstream_header("x-envoy-original-path").as_deref(), Some("/api/v1/users?id=7"));
+    assert_eq!(
+        r.upstream_header("x-envoy-original-path").as_deref(),
+        Some("/api/v1/users?id=7")
+    );
     let r = c.get("svc.local", "/host").await;
     assert_eq!(r.upstream_header("host").as_deref(), Some("rewritten.internal"));
 }
@@ -239,7 +246,10 @@ async fn envoy_request_and_response_headers() {
     assert_eq!(id.len(), 36);
     assert_eq!(&id[14..15], "4");
     assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(r.upstream_header("x-envoy-expected-rq-timeout-ms").as_deref(), Some("15000"));
+    assert_eq!(
+        r.upstream_header("x-envoy-expected-rq-timeout-ms").as_deref(),
+        Some("15000")
+    );
     assert!(r.header("x-envoy-upstream-service-time").is_some());
     assert_eq!(r.header("server"), Some("envoy"));
     // The upstream's hop-by-hop headers do not reach the client.
@@ -280,8 +290,14 @@ route_config:
         .body(Full::new(Bytes::new()))
         .unwrap();
     let r = c.send(req).await;
-    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("203.0.113.9,127.0.0.1"));
-    assert_eq!(r.header("x-request-id").map(str::to_string), r.upstream_header("x-request-id"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.9,127.0.0.1")
+    );
+    assert_eq!(
+        r.header("x-request-id").map(str::to_string),
+        r.upstream_header("x-request-id")
+    );
 }
 
 #[tokio::test]
@@ -300,7 +316,10 @@ async fn request_bodies_and_streamed_responses_pass_through() {
     let (p, _a, _b) = setup().await;
     let mut c = H1::connect(p.listener("http").unwrap()).await;
     let body = "x".repeat(200_000);
-    let req = Request::post("/upload").header("host", "x").body(Full::new(Bytes::from(body.clone()))).unwrap();
+    let req = Request::post("/upload")
+        .header("host", "x")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
     let r = c.send(req).await;
     assert_eq!(r.json()["body"].as_str().map(str::len), Some(body.len()));
     let r = c.get("x", "/stream/5").await;

@@ -40,11 +40,21 @@ fn every_real_world_bootstrap_is_accepted_or_rejected_with_field_paths() {
     let verdicts = envoy_verdicts(&dir);
     let mut files: Vec<PathBuf> = ["envoy-configs", "istio-bootstraps"]
         .iter()
-        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten().map(|e| e.path()))
+        .flat_map(|sub| {
+            std::fs::read_dir(dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+        })
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "json"))
         .collect();
     files.sort();
-    assert!(files.len() >= 60, "expected the whole corpus, found {} files", files.len());
+    assert!(
+        files.len() >= 60,
+        "expected the whole corpus, found {} files",
+        files.len()
+    );
 
     let mut table = String::from("| file | Envoy 1.40 | remora | first unsupported part |\n|---|---|---|---|\n");
     let mut failures = Vec::new();
@@ -73,7 +83,10 @@ fn every_real_world_bootstrap_is_accepted_or_rejected_with_field_paths() {
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         let name = file.file_name().unwrap().to_string_lossy().to_string();
-        let envoy = verdicts.get(&name).map(|v| v.split(':').next().unwrap_or(v).to_string()).unwrap_or("-".into());
+        let envoy = verdicts
+            .get(&name)
+            .map(|v| v.split(':').next().unwrap_or(v).to_string())
+            .unwrap_or("-".into());
         match status.code() {
             Some(0) => {
                 ok += 1;
@@ -95,12 +108,18 @@ fn every_real_world_bootstrap_is_accepted_or_rejected_with_field_paths() {
                     }
                 }
                 let first = errors.first().map(|e| e.replace('|', "\\|")).unwrap_or_default();
-                table.push_str(&format!("| {name} | {envoy} | rejected ({} errors) | `{first}` |\n", errors.len()));
+                table.push_str(&format!(
+                    "| {name} | {envoy} | rejected ({} errors) | `{first}` |\n",
+                    errors.len()
+                ));
             }
             other => failures.push(format!("{name}: exit {other:?} (crash?)\n{stdout}{stderr}")),
         }
     }
-    table.push_str(&format!("\n{ok} accepted, {rejected} rejected, of {} files.\n", files.len()));
+    table.push_str(&format!(
+        "\n{ok} accepted, {rejected} rejected, of {} files.\n",
+        files.len()
+    ));
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/real-world-table.md");
     let _ = std::fs::write(&out, &table);
     println!("{table}");
@@ -114,8 +133,16 @@ fn every_real_world_bootstrap_is_accepted_or_rejected_with_field_paths() {
 fn istio_config_dumps_fail_cleanly_as_bootstraps() {
     let dir = corpus().join("istio-config-dumps");
     for entry in std::fs::read_dir(&dir).expect("dumps").flatten() {
-        let out = Command::new(BIN).args(["check", "--config"]).arg(entry.path()).output().expect("run");
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(entry.path())
+            .output()
+            .expect("run");
         let code = out.status.code();
-        assert!(matches!(code, Some(0) | Some(2)), "{}: exit {code:?}", entry.path().display());
+        assert!(
+            matches!(code, Some(0) | Some(2)),
+            "{}: exit {code:?}",
+            entry.path().display()
+        );
     }
 }

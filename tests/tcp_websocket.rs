@@ -88,13 +88,21 @@ async fn tcp_proxy_weighted_clusters_and_idle_timeout() {
     let mut buf = [0u8; 16];
     let n = within("idle close", s.read(&mut buf)).await.unwrap_or(0);
     assert_eq!(n, 0);
-    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn tcp_proxy_closes_downstream_when_upstream_is_down() {
     let closed = closed_port().await;
-    let p = proxy(&tcp_bootstrap(&cluster("closed", &[closed], false, ""), "cluster: closed")).await;
+    let p = proxy(&tcp_bootstrap(
+        &cluster("closed", &[closed], false, ""),
+        "cluster: closed",
+    ))
+    .await;
     let mut s = TcpStream::connect(p.listener("tcp").unwrap()).await.unwrap();
     let mut buf = [0u8; 16];
     let n = within("close on connect failure", s.read(&mut buf)).await.unwrap_or(0);
@@ -102,7 +110,11 @@ async fn tcp_proxy_closes_downstream_when_upstream_is_down() {
 }
 
 fn ws_bootstrap(up: std::net::SocketAddr, upgrades: bool) -> String {
-    let upgrade = if upgrades { "upgrade_configs:\n- upgrade_type: websocket\n" } else { "" };
+    let upgrade = if upgrades {
+        "upgrade_configs:\n- upgrade_type: websocket\n"
+    } else {
+        ""
+    };
     let hcm = format!(
         "{upgrade}route_config:\n  virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n    - match: {{ prefix: / }}\n      route: {{ cluster: ws }}"
     );

@@ -33,7 +33,12 @@ impl ClusterRuntime {
             .collect();
         stats.membership_total.set(endpoints.len() as i64);
         stats.membership_healthy.set(endpoints.len() as i64);
-        ClusterRuntime { config, stats, endpoints, next: AtomicUsize::new(0) }
+        ClusterRuntime {
+            config,
+            stats,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -94,7 +99,11 @@ mod tests {
             protocol: UpstreamProtocol::Http1,
             http2: Http2Settings::default(),
             idle_timeout: None,
-            endpoints: (0..n).map(|i| Endpoint { address: ([127, 0, 0, 1], 1000 + i).into() }).collect(),
+            endpoints: (0..n)
+                .map(|i| Endpoint {
+                    address: ([127, 0, 0, 1], 1000 + i).into(),
+                })
+                .collect(),
         })
     }
 

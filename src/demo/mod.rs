@@ -15,10 +15,7 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::{
-    body::Incoming, client::conn::http1 as client, server::conn::http1 as server,
-    service::service_fn,
-};
+use hyper::{body::Incoming, client::conn::http1 as client, server::conn::http1 as server, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -52,13 +49,7 @@ enum Kind {
     NoRoute,
 }
 
-const KINDS: [Kind; 5] = [
-    Kind::Split,
-    Kind::Canary,
-    Kind::Pinned,
-    Kind::Health,
-    Kind::NoRoute,
-];
+const KINDS: [Kind; 5] = [Kind::Split, Kind::Canary, Kind::Pinned, Kind::Health, Kind::NoRoute];
 
 impl Kind {
     fn path(self) -> &'static str {
@@ -129,20 +120,17 @@ async fn demo(requests: u32) -> Result<bool, String> {
     let v1 = Service::start("v1").await?;
     let v2 = Service::start("v2").await?;
 
-    let mut bootstrap = xds::parse_bootstrap(FIXTURE_NAME, FIXTURE)
-        .map_err(|e| format!("the demo config does not load:\n{e}"))?;
+    let mut bootstrap =
+        xds::parse_bootstrap(FIXTURE_NAME, FIXTURE).map_err(|e| format!("the demo config does not load:\n{e}"))?;
     patch(&mut bootstrap, v1.addr, v2.addr)?;
-    let v1_share = split_share(&bootstrap)
-        .ok_or("the demo config has no route 'split' weighting reviews-v1")?;
+    let v1_share = split_share(&bootstrap).ok_or("the demo config has no route 'split' weighting reviews-v1")?;
 
     let proxy = match timeout(START_TIMEOUT, Proxy::start(bootstrap)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return Err(format!("remora did not start: {e}")),
         Err(_) => return Err(format!("remora did not start within {START_TIMEOUT:?}")),
     };
-    let ingress = proxy
-        .listener("ingress")
-        .ok_or("remora has no listener 'ingress'")?;
+    let ingress = proxy.listener("ingress").ok_or("remora has no listener 'ingress'")?;
     let admin = proxy.admin.ok_or("remora has no admin address")?;
 
     println!("remora demo: two sample services and remora in front of them, all in this process.");
@@ -180,11 +168,7 @@ async fn demo(requests: u32) -> Result<bool, String> {
         println!("  {:<30} {}", kind.request(), kind.config(&v1_label));
         println!("      {}", tally.summary());
         tally.check(v1_share, &mut failures);
-        for (v, n) in tally
-            .versions
-            .iter()
-            .filter_map(|(v, n)| Some((v.as_ref()?, n)))
-        {
+        for (v, n) in tally.versions.iter().filter_map(|(v, n)| Some((v.as_ref()?, n))) {
             *served.entry(format!("reviews-{v}")).or_default() += *n as u64;
         }
     }
@@ -200,16 +184,11 @@ async fn demo(requests: u32) -> Result<bool, String> {
     drop((v1, v2));
 
     if failures.is_empty() {
-        println!(
-            "OK: every route behaved as configured, and remora's counters agree with the client."
-        );
+        println!("OK: every route behaved as configured, and remora's counters agree with the client.");
         println!("Next: `remora run -c xds-fixtures/{FIXTURE_NAME}` serves this config on :10000, admin :15000.");
         Ok(true)
     } else {
-        println!(
-            "FAILED: {} thing(s) were not as configured:",
-            failures.len()
-        );
+        println!("FAILED: {} thing(s) were not as configured:", failures.len());
         for f in &failures {
             println!("  - {f}");
         }
@@ -218,11 +197,7 @@ async fn demo(requests: u32) -> Result<bool, String> {
 }
 
 /// Prints a few of the proxy's own counters and checks them against what the client saw.
-async fn admin_stats(
-    admin: SocketAddr,
-    served: &BTreeMap<String, u64>,
-    failures: &mut Vec<String>,
-) {
+async fn admin_stats(admin: SocketAddr, served: &BTreeMap<String, u64>, failures: &mut Vec<String>) {
     let compare = failures.is_empty();
     match admin_get(admin, "/stats/prometheus").await {
         Ok(text) => {
@@ -240,8 +215,7 @@ async fn admin_stats(
             let (mut requests, mut connections) = (0, 0);
             for cluster in ["reviews-v1", "reviews-v2"] {
                 requests += counter(&text, "envoy_cluster_upstream_rq_total", cluster).unwrap_or(0);
-                connections +=
-                    counter(&text, "envoy_cluster_upstream_cx_total", cluster).unwrap_or(0);
+                connections += counter(&text, "envoy_cluster_upstream_cx_total", cluster).unwrap_or(0);
                 // The proxy's own counters must agree with what the client saw (when
                 // every request was answered as configured; a 503 counts upstream too).
                 if !compare {
@@ -253,12 +227,12 @@ async fn admin_stats(
                     Some(n) => failures.push(format!(
                         "envoy_cluster_upstream_rq_total for {cluster} is {n}, the client got {seen} answers from it"
                     )),
-                    None => failures.push(format!("/stats/prometheus has no envoy_cluster_upstream_rq_total for {cluster}")),
+                    None => failures.push(format!(
+                        "/stats/prometheus has no envoy_cluster_upstream_rq_total for {cluster}"
+                    )),
                 }
             }
-            println!(
-                "  ({requests} requests to the services, {connections} upstream connections opened)"
-            );
+            println!("  ({requests} requests to the services, {connections} upstream connections opened)");
         }
         Err(e) => failures.push(format!("admin /stats/prometheus: {e}")),
     }
@@ -311,20 +285,11 @@ fn plan(requests: u32) -> Vec<Kind> {
     let n = requests as usize;
     let tenth = n.div_ceil(10);
     let mut plan = Vec::with_capacity(n);
-    plan.extend(std::iter::repeat_n(
-        Kind::NoRoute,
-        if n >= 20 { 2 } else { 1 },
-    ));
+    plan.extend(std::iter::repeat_n(Kind::NoRoute, if n >= 20 { 2 } else { 1 }));
     for kind in [Kind::Canary, Kind::Pinned, Kind::Health] {
-        plan.extend(std::iter::repeat_n(
-            kind,
-            tenth.min(n.saturating_sub(plan.len() + 1)),
-        ));
+        plan.extend(std::iter::repeat_n(kind, tenth.min(n.saturating_sub(plan.len() + 1))));
     }
-    plan.extend(std::iter::repeat_n(
-        Kind::Split,
-        n.saturating_sub(plan.len()),
-    ));
+    plan.extend(std::iter::repeat_n(Kind::Split, n.saturating_sub(plan.len())));
     fastrand::shuffle(&mut plan);
     plan
 }
@@ -375,11 +340,7 @@ async fn worker(proxy: SocketAddr, plan: Arc<Vec<Kind>>, next: Arc<AtomicUsize>)
         if outcome.is_err() {
             conn = None; // its state is unknown: the next request opens another
         }
-        samples.push(Sample {
-            kind,
-            outcome,
-            latency,
-        });
+        samples.push(Sample { kind, outcome, latency });
     }
     samples
 }
@@ -403,35 +364,24 @@ impl Conn {
             .map_err(|_| format!("connecting to {addr} timed out"))?
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            timeout(CONNECT_TIMEOUT, client::handshake(TokioIo::new(stream)))
-                .await
-                .map_err(|_| format!("HTTP handshake with {addr} timed out"))?
-                .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+        let (sender, connection) = timeout(CONNECT_TIMEOUT, client::handshake(TokioIo::new(stream)))
+            .await
+            .map_err(|_| format!("HTTP handshake with {addr} timed out"))?
+            .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
         Ok(Conn { sender, driver })
     }
 
-    async fn get(
-        &mut self,
-        host: &str,
-        path: &str,
-        extra: Option<(&str, &str)>,
-    ) -> Result<Answer, String> {
+    async fn get(&mut self, host: &str, path: &str, extra: Option<(&str, &str)>) -> Result<Answer, String> {
         let exchange = async {
-            self.sender
-                .ready()
-                .await
-                .map_err(|e| format!("connection lost: {e}"))?;
+            self.sender.ready().await.map_err(|e| format!("connection lost: {e}"))?;
             let mut req = Request::get(path).header(header::HOST, host);
             if let Some((name, value)) = extra {
                 req = req.header(name, value);
             }
-            let req = req
-                .body(Empty::new())
-                .map_err(|e| format!("bad request: {e}"))?;
+            let req = req.body(Empty::new()).map_err(|e| format!("bad request: {e}"))?;
             let resp = self
                 .sender
                 .send_request(req)
@@ -543,20 +493,13 @@ impl Tally {
     }
 
     fn count(&self, version: &str) -> usize {
-        self.versions
-            .get(&Some(version.to_string()))
-            .copied()
-            .unwrap_or(0)
+        self.versions.get(&Some(version.to_string())).copied().unwrap_or(0)
     }
 
     /// "138 sent | 200 x138 | v1 79.7% (110), v2 20.3% (28) | p50 0.31ms p99 1.20ms"
     fn summary(&self) -> String {
         let mut parts = vec![format!("{} sent", self.sent)];
-        let mut statuses: Vec<String> = self
-            .statuses
-            .iter()
-            .map(|(s, n)| format!("{s} x{n}"))
-            .collect();
+        let mut statuses: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{s} x{n}")).collect();
         if !self.errors.is_empty() {
             statuses.push(format!("failed x{}", self.errors.len()));
         }
@@ -565,13 +508,7 @@ impl Tally {
         let mut by: Vec<String> = self
             .versions
             .iter()
-            .filter_map(|(v, n)| {
-                Some(format!(
-                    "{} {:.1}% ({n})",
-                    v.as_ref()?,
-                    *n as f64 * 100.0 / answered
-                ))
-            })
+            .filter_map(|(v, n)| Some(format!("{} {:.1}% ({n})", v.as_ref()?, *n as f64 * 100.0 / answered)))
             .collect();
         if self.kind == Kind::Pinned {
             by.extend(self.seen_paths.keys().map(|p| format!("upstream saw {p}")));
@@ -583,10 +520,7 @@ impl Tally {
             parts.push(by.join(", "));
         }
         if !self.latencies.is_empty() {
-            let (p50, p99) = (
-                percentile(&self.latencies, 0.50),
-                percentile(&self.latencies, 0.99),
-            );
+            let (p50, p99) = (percentile(&self.latencies, 0.50), percentile(&self.latencies, 0.99));
             parts.push(format!("p50 {} p99 {}", ms(p50), ms(p99)));
         }
         parts.join(" | ")
@@ -619,9 +553,7 @@ impl Tally {
             Kind::Split => {
                 let others = answered - v1 - v2;
                 if others > 0 {
-                    failures.push(format!(
-                        "{what}: {others} answers came from neither v1 nor v2"
-                    ));
+                    failures.push(format!("{what}: {others} answers came from neither v1 nor v2"));
                 }
                 // Loose: four standard deviations of a binomial, and never under 10 points.
                 let n = answered as f64;
@@ -721,9 +653,7 @@ impl Service {
                     let svc = service_fn(move |req: Request<Incoming>| async move {
                         Ok::<_, Infallible>(sample_answer(version, &req))
                     });
-                    let _ = server::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = server::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -762,11 +692,7 @@ mod tests {
         let p = plan(200);
         let count = |k| p.iter().filter(|&&x| x == k).count();
         assert_eq!(
-            (
-                count(Kind::NoRoute),
-                count(Kind::Canary),
-                count(Kind::Split)
-            ),
+            (count(Kind::NoRoute), count(Kind::Canary), count(Kind::Split)),
             (2, 20, 138)
         );
     }

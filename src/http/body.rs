@@ -50,7 +50,13 @@ impl ProxyBody {
         deadline: Option<Instant>,
         stats: Arc<ClusterStats>,
     ) -> ProxyBody {
-        let mut body = UpstreamBody { inner, release: Some(release), deadline, sleep: None, stats };
+        let mut body = UpstreamBody {
+            inner,
+            release: Some(release),
+            deadline,
+            sleep: None,
+            stats,
+        };
         if body.inner.is_end_stream() {
             body.finish();
         }
@@ -124,7 +130,9 @@ impl UpstreamBody {
                     return Poll::Pending;
                 };
                 // The timer is made only when a body actually has to wait.
-                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 ready!(sleep.as_mut().poll(cx));
                 self.release = None;
                 self.stats.upstream_rq_timeout.inc();

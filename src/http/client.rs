@@ -76,7 +76,10 @@ impl Drop for StreamSlot {
 /// What the response body must do when it ends: give an HTTP/1.1 connection
 /// back, or free an HTTP/2 stream slot.
 pub enum Release {
-    Http1 { sender: http1::SendRequest<Incoming>, pool: Arc<EndpointPool> },
+    Http1 {
+        sender: http1::SendRequest<Incoming>,
+        pool: Arc<EndpointPool>,
+    },
     Http2(StreamSlot),
     None,
 }
@@ -121,7 +124,13 @@ impl EndpointPool {
             UpstreamProtocol::Http1 => {
                 let mut sender = self.checkout_h1().await?;
                 let resp = sender.send_request(req).await.map_err(|e| classify_upstream(&e))?;
-                Ok((resp, Release::Http1 { sender, pool: self.clone() }))
+                Ok((
+                    resp,
+                    Release::Http1 {
+                        sender,
+                        pool: self.clone(),
+                    },
+                ))
             }
             UpstreamProtocol::Http2 => {
                 let (mut sender, slot) = self.checkout_h2().await?;
@@ -208,7 +217,10 @@ impl EndpointPool {
         let streams = Arc::new(AtomicUsize::new(1));
         if let Ok(mut conns) = self.h2.lock() {
             conns.retain(|c| !c.sender.is_closed());
-            conns.push(H2Conn { sender: sender.clone(), streams: streams.clone() });
+            conns.push(H2Conn {
+                sender: sender.clone(),
+                streams: streams.clone(),
+            });
         }
         Ok((sender, StreamSlot(streams)))
     }

@@ -47,7 +47,10 @@ impl ProxyError {
 
     /// Whether a retry could succeed (used by the retry layer to come).
     pub fn retryable(&self) -> bool {
-        matches!(self, ProxyError::ConnectFailure(_) | ProxyError::ConnectTimeout | ProxyError::UpstreamReset(_))
+        matches!(
+            self,
+            ProxyError::ConnectFailure(_) | ProxyError::ConnectTimeout | ProxyError::UpstreamReset(_)
+        )
     }
 
     pub fn status(&self) -> StatusCode {
@@ -84,7 +87,9 @@ impl ProxyError {
             ProxyError::NoRoute => "route_not_found",
             ProxyError::NoCluster(_) => "cluster_not_found",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
-            ProxyError::ConnectTimeout | ProxyError::ConnectFailure(_) => "upstream_reset_before_response_started{connection_failure}",
+            ProxyError::ConnectTimeout | ProxyError::ConnectFailure(_) => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
             ProxyError::UpstreamTimeout => "upstream_response_timeout",
             ProxyError::UpstreamReset(_) => "upstream_reset_before_response_started{connection_termination}",
             ProxyError::UpstreamProtocol(_) => "upstream_reset_before_response_started{protocol_error}",

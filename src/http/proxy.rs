@@ -27,7 +27,10 @@ use super::{
 };
 use crate::{
     balance::{ClusterMap, ClusterRuntime},
-    config::{ClusterTarget, ForwardAction, UpstreamProtocol, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader, VirtualHost},
+    config::{
+        ClusterTarget, ForwardAction, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
+        UpstreamProtocol, VirtualHost,
+    },
     telemetry::{
         access_log::{Entry, Format, Sink},
         stats::{ActiveGuard, HttpStats},
@@ -81,7 +84,15 @@ impl HttpProxy {
     ) -> HttpProxy {
         let routes = RouteTable::new(hcm.route_config.clone(), hcm.strip_port);
         let server_name = HeaderValue::from_str(&hcm.server_name).unwrap_or(HeaderValue::from_static("envoy"));
-        HttpProxy { hcm, routes, clusters, stats, listener_port, access_logs, server_name }
+        HttpProxy {
+            hcm,
+            routes,
+            clusters,
+            stats,
+            listener_port,
+            access_logs,
+            server_name,
+        }
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
@@ -98,7 +109,13 @@ impl HttpProxy {
         let version = req.version();
         let logged = (!self.access_logs.is_empty()).then(|| LoggedRequest::capture(&req));
 
-        let mut outcome = Outcome { flag: "", details: "via_upstream", cluster: None, upstream: None, route_name: String::new() };
+        let mut outcome = Outcome {
+            flag: "",
+            details: "via_upstream",
+            cluster: None,
+            upstream: None,
+            route_name: String::new(),
+        };
         let request_id = self.prepare_request(&mut req, conn);
         let mut resp = match self.route_and_forward(req, &mut outcome).await {
             Ok(resp) => resp,
@@ -151,7 +168,12 @@ impl HttpProxy {
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = request_host(&req).to_string();
-        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
         let Some((vh, route)) = self.routes.find(&host, self.listener_port, &path, req.headers()) else {
             self.stats.no_route.inc();
             return Err(ProxyError::NoRoute);
@@ -164,7 +186,8 @@ impl HttpProxy {
                 let mut resp = Response::new(d.body.clone().map(ProxyBody::full).unwrap_or_else(ProxyBody::empty));
                 *resp.status_mut() = d.status;
                 if d.body.is_some() {
-                    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    resp.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
                 self.route_response_ops(&mut resp, vh, route, None);
                 return Ok(resp);
@@ -212,7 +235,8 @@ impl HttpProxy {
         self.rewrite(&mut req, route, action, &host, upgrade.is_some(), upstream_h2)?;
         if !self.hcm.suppress_envoy_headers {
             if let Some(t) = action.timeout {
-                req.headers_mut().insert(&X_ENVOY_EXPECTED_TIMEOUT, HeaderValue::from(t.as_millis() as u64));
+                req.headers_mut()
+                    .insert(&X_ENVOY_EXPECTED_TIMEOUT, HeaderValue::from(t.as_millis() as u64));
             }
         }
 
@@ -299,7 +323,11 @@ impl HttpProxy {
         upgrade: bool,
         upstream_h2: bool,
     ) -> Result<(), ProxyError> {
-        let original = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let original = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut path_and_query = original.clone();
         if let Some(new_prefix) = &action.prefix_rewrite {
             let matched_len = match &route.matcher.path {
@@ -328,7 +356,8 @@ impl HttpProxy {
             parts.scheme = Some(Scheme::HTTP);
             parts.authority = authority.or_else(|| Authority::try_from("localhost").ok());
             parts.path_and_query = Some(path_and_query);
-            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::DownstreamProtocol("invalid request URI"))?;
+            *req.uri_mut() =
+                Uri::from_parts(parts).map_err(|_| ProxyError::DownstreamProtocol("invalid request URI"))?;
             req.headers_mut().remove(header::HOST);
             *req.version_mut() = Version::HTTP_2;
         } else {
@@ -375,9 +404,21 @@ impl HttpProxy {
         }
     }
 
-    fn log(&self, req: &LoggedRequest, resp: &Response<ProxyBody>, outcome: &Outcome, conn: ConnInfo, started: StdInstant) {
+    fn log(
+        &self,
+        req: &LoggedRequest,
+        resp: &Response<ProxyBody>,
+        outcome: &Outcome,
+        conn: ConnInfo,
+        started: StdInstant,
+    ) {
         let req_header = |name: &str| req.header(name);
-        let resp_header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let resp_header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let entry = Entry {
             start: Some(req.start),
             protocol: req.protocol,
@@ -510,8 +551,10 @@ pub fn local_reply(e: &ProxyError, grpc: bool) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
     *resp.status_mut() = e.status();
     if len > 0 {
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     resp
 }

@@ -44,8 +44,19 @@ impl RouteTable {
         // Stable sorts keep config order among equal lengths.
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        let strip_port = if config.ignore_port_in_host_matching { StripPort::Any } else { strip_port };
-        RouteTable { config, exact, suffixes, prefixes, wildcard, strip_port }
+        let strip_port = if config.ignore_port_in_host_matching {
+            StripPort::Any
+        } else {
+            strip_port
+        };
+        RouteTable {
+            config,
+            exact,
+            suffixes,
+            prefixes,
+            wildcard,
+            strip_port,
+        }
     }
 
     /// The virtual host for a Host/:authority value.
@@ -63,8 +74,18 @@ impl RouteTable {
             .get(host)
             .copied()
             // A wildcard must match at least one character: "*.foo.com" does not match ".foo.com".
-            .or_else(|| self.suffixes.iter().find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str())).map(|x| x.1))
-            .or_else(|| self.prefixes.iter().find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str())).map(|x| x.1))
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                    .map(|x| x.1)
+            })
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+                    .map(|x| x.1)
+            })
             .or(self.wildcard)?;
         self.config.virtual_hosts.get(idx)
     }
@@ -84,7 +105,13 @@ impl RouteTable {
     }
 
     /// The first matching route: (virtual host, route).
-    pub fn find(&self, host: &str, listener_port: u16, path: &str, headers: &HeaderMap) -> Option<(&VirtualHost, &Route)> {
+    pub fn find(
+        &self,
+        host: &str,
+        listener_port: u16,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.virtual_host(host, listener_port)?;
         let route = vh.routes.iter().find(|r| route_matches(r, path, headers))?;
         Some((vh, route))

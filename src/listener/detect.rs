@@ -66,7 +66,13 @@ mod tests {
 
     #[test]
     fn http1_methods_are_http1_as_soon_as_they_diverge() {
-        for req in [&b"GET / HTTP/1.1\r\n"[..], b"POST /x HTTP/1.1\r\n", b"PUT / HTTP/1.1\r\n", b"PATCH / HTTP/1.1\r\n", b"PRIX"] {
+        for req in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /x HTTP/1.1\r\n",
+            b"PUT / HTTP/1.1\r\n",
+            b"PATCH / HTTP/1.1\r\n",
+            b"PRIX",
+        ] {
             // Every prefix is either undecided (still matches "PRI...") or HTTP/1.
             for i in 1..=req.len() {
                 let c = classify(&req[..i]);
@@ -90,7 +96,9 @@ mod tests {
             s
         });
         let (server, _) = l.accept().await.unwrap();
-        let d = tokio::time::timeout(std::time::Duration::from_secs(5), detect(&server)).await.unwrap();
+        let d = tokio::time::timeout(std::time::Duration::from_secs(5), detect(&server))
+            .await
+            .unwrap();
         assert_eq!(d, Detected::Http2);
         drop(client.await.unwrap());
     }

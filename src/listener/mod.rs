@@ -57,7 +57,10 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo { remote, local: stream.local_addr().ok().or(local).unwrap_or(remote) };
+        let conn = ConnInfo {
+            remote,
+            local: stream.local_addr().ok().or(local).unwrap_or(remote),
+        };
         let handler = handler.clone();
         let stats = stats.clone();
         let drain = drain.clone();

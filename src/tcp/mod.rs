@@ -59,8 +59,16 @@ impl TcpProxyRuntime {
         let _cx = ActiveGuard::new(&endpoint.stats.cx_active);
         let epoch = Instant::now();
         let last = Arc::new(AtomicU64::new(0));
-        let mut down = Activity { inner: downstream, last: last.clone(), epoch };
-        let mut up = Activity { inner: upstream, last: last.clone(), epoch };
+        let mut down = Activity {
+            inner: downstream,
+            last: last.clone(),
+            epoch,
+        };
+        let mut up = Activity {
+            inner: upstream,
+            last: last.clone(),
+            epoch,
+        };
         let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
         let result = match self.config.idle_timeout {
             None => copy.await,

@@ -72,7 +72,9 @@ impl Format {
                 pieces.push(Piece::Text(rest[..start].to_string()));
             }
             let after = &rest[start + 1..];
-            let end = after.find('%').ok_or_else(|| format!("unterminated '%' in format '{text}'"))?;
+            let end = after
+                .find('%')
+                .ok_or_else(|| format!("unterminated '%' in format '{text}'"))?;
             let op = &after[..end];
             if op.is_empty() {
                 pieces.push(Piece::Text("%".into()));
@@ -230,7 +232,12 @@ mod tests {
     #[test]
     fn default_format_parses_and_renders_dashes() {
         let f = Format::envoy_default();
-        let line = f.render(&Entry { status: 404, flags: "NR", protocol: "HTTP/1.1", ..Default::default() });
+        let line = f.render(&Entry {
+            status: 404,
+            flags: "NR",
+            protocol: "HTTP/1.1",
+            ..Default::default()
+        });
         assert!(line.contains("404 NR"), "{line}");
         assert!(line.ends_with("\"-\"\n"), "{line}");
     }

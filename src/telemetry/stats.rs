@@ -173,16 +173,40 @@ fn snapshot<T>(list: &Mutex<Vec<Arc<T>>>) -> Vec<Arc<T>> {
 
 impl Registry {
     pub fn http(&self, prefix: &str) -> Arc<HttpStats> {
-        push(&self.http, HttpStats { prefix: prefix.to_string(), ..Default::default() })
+        push(
+            &self.http,
+            HttpStats {
+                prefix: prefix.to_string(),
+                ..Default::default()
+            },
+        )
     }
     pub fn listener(&self, address: &str) -> Arc<ListenerStats> {
-        push(&self.listeners, ListenerStats { address: address.to_string(), ..Default::default() })
+        push(
+            &self.listeners,
+            ListenerStats {
+                address: address.to_string(),
+                ..Default::default()
+            },
+        )
     }
     pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
-        push(&self.clusters, ClusterStats { name: name.to_string(), ..Default::default() })
+        push(
+            &self.clusters,
+            ClusterStats {
+                name: name.to_string(),
+                ..Default::default()
+            },
+        )
     }
     pub fn tcp(&self, prefix: &str) -> Arc<TcpStats> {
-        push(&self.tcp, TcpStats { prefix: prefix.to_string(), ..Default::default() })
+        push(
+            &self.tcp,
+            TcpStats {
+                prefix: prefix.to_string(),
+                ..Default::default()
+            },
+        )
     }
 
     /// Prometheus text exposition, metric families grouped as the format requires.
@@ -198,7 +222,14 @@ impl Registry {
                 if !$items.is_empty() {
                     let _ = writeln!(out, "# TYPE {} {}", $metric, $kind);
                     for $s in $items.iter() {
-                        let _ = writeln!(out, "{}{{{}=\"{}\"}} {}", $metric, $label, escape(&$s.$key), $value);
+                        let _ = writeln!(
+                            out,
+                            "{}{{{}=\"{}\"}} {}",
+                            $metric,
+                            $label,
+                            escape(&$s.$key),
+                            $value
+                        );
                     }
                 }
             };
@@ -223,49 +254,327 @@ impl Registry {
                 }
             };
         }
-        family!(http, "envoy_http_downstream_cx_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_total.get());
-        family!(http, "envoy_http_downstream_cx_active", "gauge", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_active.get());
-        family!(http, "envoy_http_downstream_cx_http1_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_http1_total.get());
-        family!(http, "envoy_http_downstream_cx_http2_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_http2_total.get());
-        family!(http, "envoy_http_downstream_cx_protocol_error", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_protocol_error.get());
-        family!(http, "envoy_http_downstream_cx_upgrades_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_cx_upgrades_total.get());
-        family!(http, "envoy_http_downstream_rq_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_total.get());
-        family!(http, "envoy_http_downstream_rq_active", "gauge", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_active.get());
-        family!(http, "envoy_http_downstream_rq_http1_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_http1_total.get());
-        family!(http, "envoy_http_downstream_rq_http2_total", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_http2_total.get());
-        classes!(http, "envoy_http_downstream_rq_xx", "envoy_http_conn_manager_prefix", prefix, downstream_rq_xx);
-        family!(http, "envoy_http_no_route", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.no_route.get());
-        family!(http, "envoy_http_no_cluster", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.no_cluster.get());
-        family!(http, "envoy_http_rq_direct_response", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.rq_direct_response.get());
-        family!(http, "envoy_http_downstream_rq_timeout", "counter", "envoy_http_conn_manager_prefix", prefix, |s| s.downstream_rq_timeout.get());
+        family!(
+            http,
+            "envoy_http_downstream_cx_total",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_cx_total.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_cx_active",
+            "gauge",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_cx_active.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_cx_http1_total",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_cx_http1_total.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_cx_http2_total",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_cx_http2_total.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_cx_protocol_error",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_cx_protocol_error.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_cx_upgrades_total",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_cx_upgrades_total.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_rq_total",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_rq_total.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_rq_active",
+            "gauge",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_rq_active.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_rq_http1_total",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_rq_http1_total.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_rq_http2_total",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_rq_http2_total.get()
+        );
+        classes!(
+            http,
+            "envoy_http_downstream_rq_xx",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            downstream_rq_xx
+        );
+        family!(
+            http,
+            "envoy_http_no_route",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.no_route.get()
+        );
+        family!(
+            http,
+            "envoy_http_no_cluster",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.no_cluster.get()
+        );
+        family!(
+            http,
+            "envoy_http_rq_direct_response",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.rq_direct_response.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_rq_timeout",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_rq_timeout.get()
+        );
 
-        family!(listeners, "envoy_listener_downstream_cx_total", "counter", "envoy_listener_address", address, |s| s.downstream_cx_total.get());
-        family!(listeners, "envoy_listener_downstream_cx_active", "gauge", "envoy_listener_address", address, |s| s.downstream_cx_active.get());
+        family!(
+            listeners,
+            "envoy_listener_downstream_cx_total",
+            "counter",
+            "envoy_listener_address",
+            address,
+            |s| s.downstream_cx_total.get()
+        );
+        family!(
+            listeners,
+            "envoy_listener_downstream_cx_active",
+            "gauge",
+            "envoy_listener_address",
+            address,
+            |s| s.downstream_cx_active.get()
+        );
 
-        family!(clusters, "envoy_cluster_upstream_cx_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_total.get());
-        family!(clusters, "envoy_cluster_upstream_cx_active", "gauge", "envoy_cluster_name", name, |s| s.upstream_cx_active.get());
-        family!(clusters, "envoy_cluster_upstream_cx_http1_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_http1_total.get());
-        family!(clusters, "envoy_cluster_upstream_cx_http2_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_http2_total.get());
-        family!(clusters, "envoy_cluster_upstream_cx_connect_fail", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_connect_fail.get());
-        family!(clusters, "envoy_cluster_upstream_cx_connect_timeout", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_connect_timeout.get());
-        family!(clusters, "envoy_cluster_upstream_cx_none_healthy", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_none_healthy.get());
-        family!(clusters, "envoy_cluster_upstream_cx_protocol_error", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_protocol_error.get());
-        family!(clusters, "envoy_cluster_upstream_cx_rx_bytes_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_rx_bytes_total.get());
-        family!(clusters, "envoy_cluster_upstream_cx_tx_bytes_total", "counter", "envoy_cluster_name", name, |s| s.upstream_cx_tx_bytes_total.get());
-        family!(clusters, "envoy_cluster_upstream_rq_total", "counter", "envoy_cluster_name", name, |s| s.upstream_rq_total.get());
-        family!(clusters, "envoy_cluster_upstream_rq_active", "gauge", "envoy_cluster_name", name, |s| s.upstream_rq_active.get());
-        classes!(clusters, "envoy_cluster_upstream_rq_xx", "envoy_cluster_name", name, upstream_rq_xx);
-        family!(clusters, "envoy_cluster_upstream_rq_timeout", "counter", "envoy_cluster_name", name, |s| s.upstream_rq_timeout.get());
-        family!(clusters, "envoy_cluster_upstream_rq_rx_reset", "counter", "envoy_cluster_name", name, |s| s.upstream_rq_rx_reset.get());
-        family!(clusters, "envoy_cluster_membership_total", "gauge", "envoy_cluster_name", name, |s| s.membership_total.get());
-        family!(clusters, "envoy_cluster_membership_healthy", "gauge", "envoy_cluster_name", name, |s| s.membership_healthy.get());
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_total",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_total.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_active",
+            "gauge",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_active.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_http1_total",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_http1_total.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_http2_total",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_http2_total.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_connect_fail",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_connect_fail.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_connect_timeout",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_connect_timeout.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_none_healthy",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_none_healthy.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_protocol_error",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_protocol_error.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_rx_bytes_total",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_rx_bytes_total.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_cx_tx_bytes_total",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_tx_bytes_total.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_total",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_total.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_active",
+            "gauge",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_active.get()
+        );
+        classes!(
+            clusters,
+            "envoy_cluster_upstream_rq_xx",
+            "envoy_cluster_name",
+            name,
+            upstream_rq_xx
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_timeout",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_timeout.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_rx_reset",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_rx_reset.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_membership_total",
+            "gauge",
+            "envoy_cluster_name",
+            name,
+            |s| s.membership_total.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_membership_healthy",
+            "gauge",
+            "envoy_cluster_name",
+            name,
+            |s| s.membership_healthy.get()
+        );
 
-        family!(tcp, "envoy_tcp_downstream_cx_total", "counter", "envoy_tcp_prefix", prefix, |s| s.downstream_cx_total.get());
-        family!(tcp, "envoy_tcp_downstream_cx_no_route", "counter", "envoy_tcp_prefix", prefix, |s| s.downstream_cx_no_route.get());
-        family!(tcp, "envoy_tcp_downstream_cx_rx_bytes_total", "counter", "envoy_tcp_prefix", prefix, |s| s.downstream_cx_rx_bytes_total.get());
-        family!(tcp, "envoy_tcp_downstream_cx_tx_bytes_total", "counter", "envoy_tcp_prefix", prefix, |s| s.downstream_cx_tx_bytes_total.get());
-        family!(tcp, "envoy_tcp_idle_timeout", "counter", "envoy_tcp_prefix", prefix, |s| s.idle_timeout.get());
-        family!(tcp, "envoy_tcp_upstream_flush_active", "gauge", "envoy_tcp_prefix", prefix, |s| s.upstream_flush_active.get());
+        family!(
+            tcp,
+            "envoy_tcp_downstream_cx_total",
+            "counter",
+            "envoy_tcp_prefix",
+            prefix,
+            |s| s.downstream_cx_total.get()
+        );
+        family!(
+            tcp,
+            "envoy_tcp_downstream_cx_no_route",
+            "counter",
+            "envoy_tcp_prefix",
+            prefix,
+            |s| s.downstream_cx_no_route.get()
+        );
+        family!(
+            tcp,
+            "envoy_tcp_downstream_cx_rx_bytes_total",
+            "counter",
+            "envoy_tcp_prefix",
+            prefix,
+            |s| s.downstream_cx_rx_bytes_total.get()
+        );
+        family!(
+            tcp,
+            "envoy_tcp_downstream_cx_tx_bytes_total",
+            "counter",
+            "envoy_tcp_prefix",
+            prefix,
+            |s| s.downstream_cx_tx_bytes_total.get()
+        );
+        family!(
+            tcp,
+            "envoy_tcp_idle_timeout",
+            "counter",
+            "envoy_tcp_prefix",
+            prefix,
+            |s| s.idle_timeout.get()
+        );
+        family!(
+            tcp,
+            "envoy_tcp_upstream_flush_active",
+            "gauge",
+            "envoy_tcp_prefix",
+            prefix,
+            |s| s.upstream_flush_active.get()
+        );
         out
     }
 }
@@ -285,8 +594,19 @@ mod tests {
         c.upstream_rq_total.inc();
         c.response(503);
         let text = r.prometheus();
-        assert!(text.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 1"), "{text}");
-        assert!(text.contains("envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"backend\"} 1"), "{text}");
-        assert_eq!(text.matches("# TYPE envoy_cluster_upstream_rq_total counter").count(), 1);
+        assert!(
+            text.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"backend\"} 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE envoy_cluster_upstream_rq_total counter").count(),
+            1
+        );
     }
 }

@@ -52,7 +52,11 @@ impl ApiPool {
         let de = serde_path_to_error::Deserializer::new(value, &mut track);
         DynamicMessage::deserialize(desc, de).map_err(|e| {
             let path = track.path().to_string();
-            let path = if path == "?" || path == "." { String::new() } else { path };
+            let path = if path == "?" || path == "." {
+                String::new()
+            } else {
+                path
+            };
             Errors::one(ConfigError::new(&path, strip_position(&e.to_string())))
         })
     }
@@ -163,9 +167,12 @@ pub fn parse_document(name: &str, text: &str) -> Result<Value, ConfigError> {
     if is_json {
         serde_json::from_str(text).map_err(|e| ConfigError::new("", format!("invalid JSON: {e}")))
     } else {
-        let v: Value =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::new("", format!("invalid YAML: {e}")))?;
-        Ok(if v.is_null() { Value::Object(Default::default()) } else { v })
+        let v: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::new("", format!("invalid YAML: {e}")))?;
+        Ok(if v.is_null() {
+            Value::Object(Default::default())
+        } else {
+            v
+        })
     }
 }
 

@@ -110,11 +110,18 @@ async fn start_upstream(name: &'static str, h2: bool) -> Upstream {
     Upstream { addr, name, accepts }
 }
 
-async fn echo(name: &'static str, mut req: Request<Incoming>) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
+async fn echo(
+    name: &'static str,
+    mut req: Request<Incoming>,
+) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
     let path = req.uri().path().to_string();
     let mut status = StatusCode::OK;
     if let Some(code) = path.strip_prefix("/status/") {
-        status = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::OK);
+        status = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
     }
     if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
@@ -154,7 +161,11 @@ async fn echo(name: &'static str, mut req: Request<Incoming>) -> Result<Response
         tokio::spawn(async move {
             for i in 0..n {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                if tx.send(Ok(hyper::body::Frame::data(Bytes::from(format!("chunk{i};"))))).await.is_err() {
+                if tx
+                    .send(Ok(hyper::body::Frame::data(Bytes::from(format!("chunk{i};")))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -165,13 +176,23 @@ async fn echo(name: &'static str, mut req: Request<Incoming>) -> Result<Response
     // Repeated headers are joined with ',' so their order can be checked.
     let mut headers = serde_json::Map::new();
     for name in req.headers().keys() {
-        let joined: Vec<&str> = req.headers().get_all(name).iter().map(|v| v.to_str().unwrap_or("")).collect();
+        let joined: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
         headers.insert(name.to_string(), serde_json::Value::String(joined.join(",")));
     }
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let version = format!("{:?}", req.version());
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let json = serde_json::json!({
         "upstream": name,
         "method": method,
@@ -257,7 +278,16 @@ static_resources:
 
 pub fn indent(s: &str, n: usize) -> String {
     let pad = " ".repeat(n);
-    s.lines().map(|l| if l.trim().is_empty() { String::new() } else { format!("{pad}{l}") }).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(|l| {
+            if l.trim().is_empty() {
+                String::new()
+            } else {
+                format!("{pad}{l}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A simple HTTP/1.1 client over one keep-alive connection.
@@ -268,8 +298,12 @@ pub struct H1 {
 
 impl H1 {
     pub async fn connect(addr: SocketAddr) -> H1 {
-        let stream = within("connect", TcpStream::connect(addr)).await.expect("connect to proxy");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("h1 handshake");
+        let stream = within("connect", TcpStream::connect(addr))
+            .await
+            .expect("connect to proxy");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("h1 handshake");
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -277,8 +311,12 @@ impl H1 {
     }
 
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
-        within("h1 ready", self.sender.ready()).await.expect("connection usable");
-        let resp = within("h1 response", self.sender.send_request(req)).await.expect("response");
+        within("h1 ready", self.sender.ready())
+            .await
+            .expect("connection usable");
+        let resp = within("h1 response", self.sender.send_request(req))
+            .await
+            .expect("response");
         Reply::read(resp).await
     }
 
@@ -288,7 +326,10 @@ impl H1 {
 }
 
 pub fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
-    Request::get(path).header("host", host).body(Full::new(Bytes::new())).expect("request")
+    Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .expect("request")
 }
 
 /// A response read to its end.
@@ -305,7 +346,12 @@ impl Reply {
         let (parts, body) = resp.into_parts();
         let collected = within("response body", body.collect()).await.expect("body");
         let trailers = collected.trailers().cloned();
-        Reply { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers }
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: collected.to_bytes(),
+            trailers,
+        }
     }
 
     pub fn json(&self) -> serde_json::Value {

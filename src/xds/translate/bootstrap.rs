@@ -47,7 +47,10 @@ pub fn bootstrap(mut m: Msg<'_, '_>) -> Option<config::Bootstrap> {
     ] {
         m.advisory(f, NO_TELEMETRY);
     }
-    m.advisory("layered_runtime", "accepted without effect: remora has no runtime layers; built-in defaults apply");
+    m.advisory(
+        "layered_runtime",
+        "accepted without effect: remora has no runtime layers; built-in defaults apply",
+    );
     m.advisory(
         "overload_manager",
         "accepted without effect: remora has no overload manager yet (no load shedding)",
@@ -56,10 +59,22 @@ pub fn bootstrap(mut m: Msg<'_, '_>) -> Option<config::Bootstrap> {
     m.advisory("watchdogs", "accepted without effect: remora has no watchdog");
     m.advisory("application_log_config", "accepted without effect: use --log-level");
     m.advisory("enable_dispatcher_stats", NO_TELEMETRY);
-    m.advisory("use_tcp_for_dns_lookups", "accepted without effect: remora resolves no DNS yet");
-    m.advisory("dns_resolution_config", "accepted without effect: remora resolves no DNS yet");
-    m.advisory("typed_dns_resolver_config", "accepted without effect: remora resolves no DNS yet");
-    m.advisory("default_regex_engine", "accepted: remora always uses a linear-time regex engine (like RE2)");
+    m.advisory(
+        "use_tcp_for_dns_lookups",
+        "accepted without effect: remora resolves no DNS yet",
+    );
+    m.advisory(
+        "dns_resolution_config",
+        "accepted without effect: remora resolves no DNS yet",
+    );
+    m.advisory(
+        "typed_dns_resolver_config",
+        "accepted without effect: remora resolves no DNS yet",
+    );
+    m.advisory(
+        "default_regex_engine",
+        "accepted: remora always uses a linear-time regex engine (like RE2)",
+    );
     if let Some(mut cm) = m.msg("cluster_manager") {
         cm.advisory("load_stats_config", NO_TELEMETRY);
         cm.advisory("outlier_detection", NO_TELEMETRY);
@@ -72,11 +87,20 @@ pub fn bootstrap(mut m: Msg<'_, '_>) -> Option<config::Bootstrap> {
         return None;
     }
     // `ignored` is filled by the caller from the context's warnings.
-    Some(config::Bootstrap { node, admin, listeners, clusters, ignored: Vec::new() })
+    Some(config::Bootstrap {
+        node,
+        admin,
+        listeners,
+        clusters,
+        ignored: Vec::new(),
+    })
 }
 
 fn node(mut m: Msg<'_, '_>) -> config::Node {
-    let n = config::Node { id: m.string("id"), cluster: m.string("cluster") };
+    let n = config::Node {
+        id: m.string("id"),
+        cluster: m.string("cluster"),
+    };
     for f in [
         "metadata",
         "locality",
@@ -95,9 +119,18 @@ fn node(mut m: Msg<'_, '_>) -> config::Node {
 
 fn admin(mut m: Msg<'_, '_>) -> Option<config::Admin> {
     let address = m.msg("address").and_then(listener::socket_address);
-    m.advisory("access_log_path", "accepted without effect: remora does not log admin requests");
-    m.advisory("access_log", "accepted without effect: remora does not log admin requests");
-    m.advisory("profile_path", "accepted without effect: remora has no CPU profiler endpoint");
+    m.advisory(
+        "access_log_path",
+        "accepted without effect: remora does not log admin requests",
+    );
+    m.advisory(
+        "access_log",
+        "accepted without effect: remora does not log admin requests",
+    );
+    m.advisory(
+        "profile_path",
+        "accepted without effect: remora has no CPU profiler endpoint",
+    );
     m.ignore("socket_options");
     m.ignore("ignore_global_conn_limit");
     let address = address.or_else(|| {
@@ -112,13 +145,19 @@ fn check_unique(ctx: &Ctx<'_>, listeners: &[Arc<config::Listener>], clusters: &[
     let mut names = HashSet::new();
     for (i, c) in clusters.iter().enumerate() {
         if !names.insert(c.name.as_str()) {
-            ctx.error(&format!("static_resources.clusters[{i}].name"), format!("duplicate cluster name '{}'", c.name));
+            ctx.error(
+                &format!("static_resources.clusters[{i}].name"),
+                format!("duplicate cluster name '{}'", c.name),
+            );
         }
     }
     let mut names = HashSet::new();
     for (i, l) in listeners.iter().enumerate() {
         if !names.insert(l.name.as_str()) {
-            ctx.error(&format!("static_resources.listeners[{i}].name"), format!("duplicate listener name '{}'", l.name));
+            ctx.error(
+                &format!("static_resources.listeners[{i}].name"),
+                format!("duplicate listener name '{}'", l.name),
+            );
         }
     }
 }

@@ -69,7 +69,10 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
             }
             Some((t, o)) => {
                 o.abandon();
-                m.ctx().error(&entry_path, format!("protocol options '{key}' of type {t} are not supported"));
+                m.ctx().error(
+                    &entry_path,
+                    format!("protocol options '{key}' of type {t} are not supported"),
+                );
             }
             None => {}
         }
@@ -107,7 +110,10 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
                 }
                 if let Some(mut ep) = lb_ep.msg("endpoint") {
                     ep.ignore("hostname");
-                    ep.advisory("health_check_config", "accepted without effect: no active health checks yet");
+                    ep.advisory(
+                        "health_check_config",
+                        "accepted without effect: no active health checks yet",
+                    );
                     if let Some(addr) = ep.msg("address").and_then(socket_address) {
                         // As Envoy: only HEALTHY and UNKNOWN endpoints receive traffic.
                         if health == "HEALTHY" || health == "UNKNOWN" {
@@ -133,12 +139,22 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
     m.ignore("close_connections_on_host_health_failure");
     m.ignore("ignore_health_on_host_removal");
     drop(m);
-    Some(config::Cluster { name, connect_timeout, protocol, http2, idle_timeout, endpoints })
+    Some(config::Cluster {
+        name,
+        connect_timeout,
+        protocol,
+        http2,
+        idle_timeout,
+        endpoints,
+    })
 }
 
 /// `core.v3.HttpProtocolOptions`: the upstream idle timeout (default 1 h, 0 disables).
 fn common_options(m: &mut Msg<'_, '_>) -> Option<Duration> {
     let idle = m.duration("idle_timeout").unwrap_or(Duration::from_secs(3600));
-    m.advisory("max_headers_count", "accepted without effect: header count limits are fixed");
+    m.advisory(
+        "max_headers_count",
+        "accepted without effect: header count limits are fixed",
+    );
     (!idle.is_zero()).then_some(idle)
 }

@@ -37,8 +37,10 @@ pub fn listener(mut m: Msg<'_, '_>) -> Option<config::Listener> {
         for extra in chains.drain(1..) {
             let path = extra.path.clone();
             extra.abandon();
-            m.ctx()
-                .error(&path, "more than one filter chain (filter-chain matching) is not supported yet");
+            m.ctx().error(
+                &path,
+                "more than one filter chain (filter-chain matching) is not supported yet",
+            );
         }
     }
     let filter = match chains.pop() {
@@ -54,7 +56,10 @@ pub fn listener(mut m: Msg<'_, '_>) -> Option<config::Listener> {
         match lf.any("typed_config") {
             Some((t, inner)) if t == TLS_INSPECTOR || t == HTTP_INSPECTOR => {
                 inner.abandon();
-                m.ctx().warn(&lf.path, "accepted without effect: no filter chain uses what it inspects");
+                m.ctx().warn(
+                    &lf.path,
+                    "accepted without effect: no filter chain uses what it inspects",
+                );
             }
             Some((t, inner)) => {
                 inner.abandon();
@@ -79,8 +84,14 @@ pub fn listener(mut m: Msg<'_, '_>) -> Option<config::Listener> {
     m.ignore("ignore_global_conn_limit");
     m.ignore("tcp_backlog_size");
     m.ignore("max_connections_to_accept_per_socket_event");
-    m.advisory("socket_options", "accepted without effect: listener socket options are not applied yet");
-    m.advisory("access_log", "accepted without effect: listener-level access logs are not implemented yet");
+    m.advisory(
+        "socket_options",
+        "accepted without effect: listener socket options are not applied yet",
+    );
+    m.advisory(
+        "access_log",
+        "accepted without effect: listener-level access logs are not implemented yet",
+    );
     let address = address?;
     let filter = filter?;
     Some(config::Listener { name, address, filter })
@@ -157,7 +168,10 @@ fn filter_chain(mut m: Msg<'_, '_>) -> Option<config::NetworkFilter> {
         match f.any("typed_config") {
             Some((t, inner)) => {
                 inner.abandon();
-                f.field_error("typed_config", format!("network filter '{name}' ({t}) is not supported yet"));
+                f.field_error(
+                    "typed_config",
+                    format!("network filter '{name}' ({t}) is not supported yet"),
+                );
             }
             None => f.error(format!("network filter '{name}' needs a typed_config")),
         }
@@ -168,15 +182,23 @@ fn filter_chain(mut m: Msg<'_, '_>) -> Option<config::NetworkFilter> {
 fn network_filter(mut f: Msg<'_, '_>) -> Option<config::NetworkFilter> {
     let name = f.string("name");
     if f.has("config_discovery") {
-        f.field_error("config_discovery", "filter config discovery (ECDS) is not supported yet");
+        f.field_error(
+            "config_discovery",
+            "filter config discovery (ECDS) is not supported yet",
+        );
         return None;
     }
     match f.any("typed_config") {
-        Some((t, inner)) if t == HCM => http_connection_manager(inner).map(|h| config::NetworkFilter::Http(Arc::new(h))),
+        Some((t, inner)) if t == HCM => {
+            http_connection_manager(inner).map(|h| config::NetworkFilter::Http(Arc::new(h)))
+        }
         Some((t, inner)) if t == TCP_PROXY => tcp_proxy(inner).map(|t| config::NetworkFilter::Tcp(Arc::new(t))),
         Some((t, inner)) => {
             inner.abandon();
-            f.field_error("typed_config", format!("network filter '{name}' ({t}) is not supported yet"));
+            f.field_error(
+                "typed_config",
+                format!("network filter '{name}' ({t}) is not supported yet"),
+            );
             None
         }
         None => {
@@ -201,7 +223,10 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
         }
     };
     if m.has("rds") {
-        m.field_error("rds", "RDS is not supported yet: give the routes inline in route_config");
+        m.field_error(
+            "rds",
+            "RDS is not supported yet: give the routes inline in route_config",
+        );
     }
     if m.has("scoped_routes") {
         m.field_error("scoped_routes", "scoped routes are not supported");
@@ -229,7 +254,10 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
             continue;
         }
         if f.has("config_discovery") {
-            f.field_error("config_discovery", "filter config discovery (ECDS) is not supported yet");
+            f.field_error(
+                "config_discovery",
+                "filter config discovery (ECDS) is not supported yet",
+            );
             continue;
         }
         match f.any("typed_config") {
@@ -242,16 +270,28 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
                 router.ignore("dynamic_stats");
                 router.ignore("suppress_grpc_request_failure_code_stats");
                 router.advisory("start_child_span", "accepted without effect: remora does not trace yet");
-                router.advisory("upstream_log", "accepted without effect: upstream access logs are not implemented yet");
-                router.advisory("upstream_log_options", "accepted without effect: upstream access logs are not implemented yet");
+                router.advisory(
+                    "upstream_log",
+                    "accepted without effect: upstream access logs are not implemented yet",
+                );
+                router.advisory(
+                    "upstream_log_options",
+                    "accepted without effect: upstream access logs are not implemented yet",
+                );
             }
             Some((t, inner)) => {
                 inner.abandon();
                 if optional {
                     // As Envoy: an optional filter whose type is unavailable is skipped.
-                    m.ctx().warn(&f.path, format!("optional HTTP filter '{name}' ({t}) is not supported; skipped"));
+                    m.ctx().warn(
+                        &f.path,
+                        format!("optional HTTP filter '{name}' ({t}) is not supported; skipped"),
+                    );
                 } else {
-                    f.field_error("typed_config", format!("HTTP filter '{name}' ({t}) is not supported yet"));
+                    f.field_error(
+                        "typed_config",
+                        format!("HTTP filter '{name}' ({t}) is not supported yet"),
+                    );
                 }
             }
             None => f.error(format!(
@@ -271,7 +311,10 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
             u.field_error("filters", "upgrade filter chains are not supported");
         }
         if kind != "websocket" {
-            u.field_error("upgrade_type", format!("upgrade type '{kind}' is not supported yet (only websocket)"));
+            u.field_error(
+                "upgrade_type",
+                format!("upgrade type '{kind}' is not supported yet (only websocket)"),
+            );
         } else if enabled {
             upgrades.push(kind);
         }
@@ -302,7 +345,10 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
     };
     if let Some((t, mut rid)) = m.msg("request_id_extension").and_then(|mut e| e.any("typed_config")) {
         if t == UUID_REQUEST_ID {
-            rid.advisory("pack_trace_reason", "accepted without effect: remora does not trace yet");
+            rid.advisory(
+                "pack_trace_reason",
+                "accepted without effect: remora does not trace yet",
+            );
             rid.ignore("use_request_id_for_trace_sampling");
         } else {
             rid.error(format!("request ID extension {t} is not supported"));
@@ -310,14 +356,20 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
     }
     let fcc = m.enum_name("forward_client_cert_details");
     if fcc != "SANITIZE" {
-        m.field_error("forward_client_cert_details", format!("{fcc} is not supported yet (only SANITIZE)"));
+        m.field_error(
+            "forward_client_cert_details",
+            format!("{fcc} is not supported yet (only SANITIZE)"),
+        );
     }
     let http2 = m.msg("http2_protocol_options").map(http2_settings).unwrap_or_default();
     if let Some(h1) = m.msg("http_protocol_options") {
         http1_options(h1);
     }
     if m.duration("stream_idle_timeout").is_some_and(|d| !d.is_zero()) {
-        m.field_error("stream_idle_timeout", "stream idle timeouts are not enforced yet; set 0s to disable");
+        m.field_error(
+            "stream_idle_timeout",
+            "stream idle timeouts are not enforced yet; set 0s to disable",
+        );
     }
     if m.duration("request_timeout").is_some_and(|d| !d.is_zero()) {
         m.field_error("request_timeout", "request timeouts are not supported yet");
@@ -330,19 +382,31 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
     }
     let escaped = m.enum_name("path_with_escaped_slashes_action");
     if escaped != "IMPLEMENTATION_SPECIFIC_DEFAULT" && escaped != "KEEP_UNCHANGED" {
-        m.field_error("path_with_escaped_slashes_action", format!("{escaped} is not supported yet"));
+        m.field_error(
+            "path_with_escaped_slashes_action",
+            format!("{escaped} is not supported yet"),
+        );
     }
     let access_logs = access_logs(&mut m);
     m.advisory("tracing", "accepted without effect: remora does not trace yet");
-    m.advisory("internal_address_config", "accepted: remora does not classify internal addresses yet");
-    m.advisory("add_user_agent", "accepted without effect: user agent headers are not added");
+    m.advisory(
+        "internal_address_config",
+        "accepted: remora does not classify internal addresses yet",
+    );
+    m.advisory(
+        "add_user_agent",
+        "accepted without effect: user agent headers are not added",
+    );
     m.ignore("drain_timeout");
     m.ignore("delayed_close_timeout");
     m.ignore("max_request_headers_kb");
     m.ignore("stream_error_on_invalid_http_message");
     if let Some(mut common) = m.msg("common_http_protocol_options") {
         if common.duration("idle_timeout").is_some_and(|d| !d.is_zero()) {
-            common.field_error("idle_timeout", "downstream idle timeouts are not enforced yet; set 0s to disable");
+            common.field_error(
+                "idle_timeout",
+                "downstream idle timeouts are not enforced yet; set 0s to disable",
+            );
         }
         common.ignore("max_headers_count");
     }
@@ -359,7 +423,11 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
         generate_request_id,
         preserve_external_request_id,
         always_set_request_id_in_response,
-        server_name: if server_name.is_empty() { "envoy".to_string() } else { server_name },
+        server_name: if server_name.is_empty() {
+            "envoy".to_string()
+        } else {
+            server_name
+        },
         server_header,
         suppress_envoy_headers,
         http2,
@@ -370,7 +438,9 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
 pub fn http2_settings(mut m: Msg<'_, '_>) -> Http2Settings {
     let d = Http2Settings::default();
     let s = Http2Settings {
-        max_concurrent_streams: m.wrapped_u32("max_concurrent_streams").unwrap_or(d.max_concurrent_streams),
+        max_concurrent_streams: m
+            .wrapped_u32("max_concurrent_streams")
+            .unwrap_or(d.max_concurrent_streams),
         initial_stream_window_size: m
             .wrapped_u32("initial_stream_window_size")
             .unwrap_or(d.initial_stream_window_size),
@@ -387,7 +457,10 @@ pub fn http2_settings(mut m: Msg<'_, '_>) -> Http2Settings {
     if m.bool("allow_connect") {
         m.field_error("allow_connect", "extended CONNECT is not supported yet");
     }
-    m.advisory("connection_keepalive", "accepted without effect: HTTP/2 PING keepalives are not sent yet");
+    m.advisory(
+        "connection_keepalive",
+        "accepted without effect: HTTP/2 PING keepalives are not sent yet",
+    );
     m.ignore("hpack_table_size");
     m.ignore("max_outbound_frames");
     m.ignore("max_outbound_control_frames");
@@ -423,13 +496,19 @@ fn access_logs(m: &mut Msg<'_, '_>) -> Vec<config::AccessLog> {
                     file.field_error("path", "must not be empty");
                 }
                 if let Some(format) = format {
-                    out.push(config::AccessLog { path, format: Arc::new(format) });
+                    out.push(config::AccessLog {
+                        path,
+                        format: Arc::new(format),
+                    });
                 }
             }
             Some((t, mut stream)) if t == STDOUT_LOG || t == STDERR_LOG => {
                 let path = if t == STDOUT_LOG { "/dev/stdout" } else { "/dev/stderr" };
                 if let Some(format) = log_format(&mut stream) {
-                    out.push(config::AccessLog { path: path.into(), format: Arc::new(format) });
+                    out.push(config::AccessLog {
+                        path: path.into(),
+                        format: Arc::new(format),
+                    });
                 }
             }
             Some((t, inner)) => {
@@ -444,7 +523,11 @@ fn access_logs(m: &mut Msg<'_, '_>) -> Vec<config::AccessLog> {
 
 fn log_format(m: &mut Msg<'_, '_>) -> Option<Format> {
     // FileAccessLog still has the deprecated plain `format`; the stream loggers do not.
-    let mut text = if m.knows("format") { m.string("format") } else { String::new() };
+    let mut text = if m.knows("format") {
+        m.string("format")
+    } else {
+        String::new()
+    };
     if let Some(mut lf) = m.msg("log_format") {
         if let Some(mut src) = lf.msg("text_format_source") {
             text = src.string("inline_string");
@@ -478,7 +561,11 @@ fn tcp_proxy(mut m: Msg<'_, '_>) -> Option<config::TcpProxy> {
             m.ctx().check_cluster_ref(&c.field_path("name"), &name);
             let weight = c.u32("weight") as u64;
             c.ignore("metadata_match");
-            clusters.push(config::WeightedCluster { name, weight, headers: Default::default() });
+            clusters.push(config::WeightedCluster {
+                name,
+                weight,
+                headers: Default::default(),
+            });
         }
         let total: u64 = clusters.iter().map(|c| c.weight).sum();
         if total == 0 {
@@ -504,5 +591,10 @@ fn tcp_proxy(mut m: Msg<'_, '_>) -> Option<config::TcpProxy> {
     let access_logs = access_logs(&mut m);
     m.ignore("max_connect_attempts");
     m.ignore("access_log_options");
-    Some(config::TcpProxy { stat_prefix, target, idle_timeout, access_logs })
+    Some(config::TcpProxy {
+        stat_prefix,
+        target,
+        idle_timeout,
+        access_logs,
+    })
 }

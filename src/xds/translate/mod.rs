@@ -19,6 +19,8 @@ mod bootstrap;
 mod cluster;
 mod listener;
 mod route;
+#[cfg(test)]
+mod tests;
 
 pub use bootstrap::bootstrap;
 
@@ -30,7 +32,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError { path: path.to_string(), message: message.into() }
+        ConfigError {
+            path: path.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -87,7 +92,12 @@ pub struct Ctx<'p> {
 
 impl<'p> Ctx<'p> {
     pub fn new(pool: &'p ApiPool) -> Ctx<'p> {
-        Ctx { pool, errors: RefCell::default(), warnings: RefCell::default(), known_clusters: RefCell::default() }
+        Ctx {
+            pool,
+            errors: RefCell::default(),
+            warnings: RefCell::default(),
+            known_clusters: RefCell::default(),
+        }
     }
     pub fn set_known_clusters(&self, names: std::collections::HashSet<String>) {
         *self.known_clusters.borrow_mut() = Some(names);
@@ -126,7 +136,12 @@ pub struct Msg<'c, 'p> {
 
 impl<'c, 'p> Msg<'c, 'p> {
     pub fn new(msg: DynamicMessage, path: String, ctx: &'c Ctx<'p>) -> Self {
-        Msg { msg, path, ctx, failed: false }
+        Msg {
+            msg,
+            path,
+            ctx,
+            failed: false,
+        }
     }
 
     pub fn ctx(&self) -> &'c Ctx<'p> {
@@ -160,7 +175,9 @@ impl<'c, 'p> Msg<'c, 'p> {
 
     /// Reads a string field without taking it.
     pub fn peek_string(&self, name: &str) -> Option<String> {
-        self.msg.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_string))
+        self.msg
+            .get_field_by_name(name)
+            .and_then(|v| v.as_str().map(str::to_string))
     }
 
     /// Whether this message type has a field of that name at all.

@@ -8,8 +8,8 @@ use regex::Regex;
 
 use super::Msg;
 use crate::config::{
-    self, AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderAdd, HeaderMatcher, HeaderOps,
-    HeaderRule, PathMatch, RouteAction, StringMatch, StringMatchKind,
+    self, AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderAdd, HeaderMatcher, HeaderOps, HeaderRule,
+    PathMatch, RouteAction, StringMatch, StringMatchKind,
 };
 
 pub fn route_config(mut m: Msg<'_, '_>) -> Option<config::RouteConfig> {
@@ -38,28 +38,51 @@ pub fn route_config(mut m: Msg<'_, '_>) -> Option<config::RouteConfig> {
             virtual_hosts.push(vh);
         }
     }
-    Some(config::RouteConfig { name, virtual_hosts, headers, ignore_port_in_host_matching })
+    Some(config::RouteConfig {
+        name,
+        virtual_hosts,
+        headers,
+        ignore_port_in_host_matching,
+    })
 }
 
 fn virtual_host(mut m: Msg<'_, '_>) -> Option<config::VirtualHost> {
     let name = m.string("name");
-    let domains: Vec<String> = m.strings("domains").into_iter().map(|d| d.to_ascii_lowercase()).collect();
+    let domains: Vec<String> = m
+        .strings("domains")
+        .into_iter()
+        .map(|d| d.to_ascii_lowercase())
+        .collect();
     if domains.is_empty() {
         m.field_error("domains", "a virtual host needs at least one domain");
     }
     for (i, d) in domains.iter().enumerate() {
-        if d.is_empty() || (d.len() > 1 && d.matches('*').count() > 1) || (d.len() > 1 && d.contains('*') && !d.starts_with('*') && !d.ends_with('*')) {
-            m.ctx().error(&format!("{}[{i}]", m.field_path("domains")), format!("invalid domain pattern '{d}'"));
+        if d.is_empty()
+            || (d.len() > 1 && d.matches('*').count() > 1)
+            || (d.len() > 1 && d.contains('*') && !d.starts_with('*') && !d.ends_with('*'))
+        {
+            m.ctx().error(
+                &format!("{}[{i}]", m.field_path("domains")),
+                format!("invalid domain pattern '{d}'"),
+            );
         }
     }
     let headers = header_ops(&mut m);
     let routes = m.list("routes").into_iter().filter_map(route).collect();
     m.ignore("metadata");
-    m.advisory("virtual_clusters", "accepted without effect: virtual cluster stats are not kept");
+    m.advisory(
+        "virtual_clusters",
+        "accepted without effect: virtual cluster stats are not kept",
+    );
     if m.enum_name("require_tls") != "NONE" {
         m.field_error("require_tls", "TLS redirects are not supported yet");
     }
-    Some(config::VirtualHost { name, domains, routes, headers })
+    Some(config::VirtualHost {
+        name,
+        domains,
+        routes,
+        headers,
+    })
 }
 
 fn route(mut m: Msg<'_, '_>) -> Option<config::Route> {
@@ -89,9 +112,17 @@ fn route(mut m: Msg<'_, '_>) -> Option<config::Route> {
     m.advisory("decorator", "accepted without effect: remora does not trace yet");
     m.advisory("tracing", "accepted without effect: remora does not trace yet");
     if !m.map_entries("typed_per_filter_config").is_empty() {
-        m.field_error("typed_per_filter_config", "per-route filter config is not supported yet");
+        m.field_error(
+            "typed_per_filter_config",
+            "per-route filter config is not supported yet",
+        );
     }
-    Some(config::Route { name, matcher: matcher?, action: action?, headers })
+    Some(config::Route {
+        name,
+        matcher: matcher?,
+        action: action?,
+        headers,
+    })
 }
 
 fn route_match(mut m: Msg<'_, '_>) -> Option<config::RouteMatch> {
@@ -122,7 +153,12 @@ fn route_match(mut m: Msg<'_, '_>) -> Option<config::RouteMatch> {
     };
     let headers = m.list("headers").into_iter().filter_map(header_matcher).collect();
     let grpc = m.msg("grpc").is_some();
-    Some(config::RouteMatch { path, case_sensitive, headers, grpc })
+    Some(config::RouteMatch {
+        path,
+        case_sensitive,
+        headers,
+        grpc,
+    })
 }
 
 /// A `type.matcher.v3.RegexMatcher`: compiled anchored, as Envoy matches
@@ -150,17 +186,32 @@ fn header_matcher(mut m: Msg<'_, '_>) -> Option<HeaderMatcher> {
         m.field_error("name", format!("'{raw_name}' is not a valid header name"));
         return None;
     };
-    let exact = |s: String| StringMatch { kind: StringMatchKind::Exact(s), ignore_case: false };
+    let exact = |s: String| StringMatch {
+        kind: StringMatchKind::Exact(s),
+        ignore_case: false,
+    };
     let rule = if m.has("exact_match") {
         HeaderRule::String(exact(m.string("exact_match")))
     } else if m.has("prefix_match") {
-        HeaderRule::String(StringMatch { kind: StringMatchKind::Prefix(m.string("prefix_match")), ignore_case: false })
+        HeaderRule::String(StringMatch {
+            kind: StringMatchKind::Prefix(m.string("prefix_match")),
+            ignore_case: false,
+        })
     } else if m.has("suffix_match") {
-        HeaderRule::String(StringMatch { kind: StringMatchKind::Suffix(m.string("suffix_match")), ignore_case: false })
+        HeaderRule::String(StringMatch {
+            kind: StringMatchKind::Suffix(m.string("suffix_match")),
+            ignore_case: false,
+        })
     } else if m.has("contains_match") {
-        HeaderRule::String(StringMatch { kind: StringMatchKind::Contains(m.string("contains_match")), ignore_case: false })
+        HeaderRule::String(StringMatch {
+            kind: StringMatchKind::Contains(m.string("contains_match")),
+            ignore_case: false,
+        })
     } else if let Some(rx) = m.msg("safe_regex_match") {
-        HeaderRule::String(StringMatch { kind: StringMatchKind::Regex(regex_matcher(rx)?), ignore_case: false })
+        HeaderRule::String(StringMatch {
+            kind: StringMatchKind::Regex(regex_matcher(rx)?),
+            ignore_case: false,
+        })
     } else if m.has("present_match") {
         HeaderRule::Present(m.bool("present_match"))
     } else if let Some(sm) = m.msg("string_match") {
@@ -172,7 +223,12 @@ fn header_matcher(mut m: Msg<'_, '_>) -> Option<HeaderMatcher> {
         // No specifier: Envoy matches when the header is present.
         HeaderRule::Present(true)
     };
-    Some(HeaderMatcher { name, rule, invert, missing_as_empty })
+    Some(HeaderMatcher {
+        name,
+        rule,
+        invert,
+        missing_as_empty,
+    })
 }
 
 fn string_matcher(mut m: Msg<'_, '_>) -> Option<StringMatch> {
@@ -261,7 +317,13 @@ fn route_action(mut m: Msg<'_, '_>) -> Option<ForwardAction> {
         rp.abandon();
         ctx.error(&path, "retry policies are not supported yet");
     }
-    Some(ForwardAction { target, prefix_rewrite, host_rewrite, timeout, cluster_not_found_status })
+    Some(ForwardAction {
+        target,
+        prefix_rewrite,
+        host_rewrite,
+        timeout,
+        cluster_not_found_status,
+    })
 }
 
 fn direct_response(mut m: Msg<'_, '_>) -> Option<DirectResponse> {
@@ -326,12 +388,18 @@ fn header_ops(m: &mut Msg<'_, '_>) -> HeaderOps {
             let lower = name.to_ascii_lowercase();
             // As Envoy: pseudo-headers and Host cannot be removed.
             if lower.starts_with(':') || lower == "host" {
-                m.ctx().error(&format!("{}[{i}]", m.field_path(field)), format!("'{name}' cannot be removed"));
+                m.ctx().error(
+                    &format!("{}[{i}]", m.field_path(field)),
+                    format!("'{name}' cannot be removed"),
+                );
                 continue;
             }
             match HeaderName::from_bytes(lower.as_bytes()) {
                 Ok(n) => out.push(n),
-                Err(_) => m.ctx().error(&format!("{}[{i}]", m.field_path(field)), format!("'{name}' is not a header name")),
+                Err(_) => m.ctx().error(
+                    &format!("{}[{i}]", m.field_path(field)),
+                    format!("'{name}' is not a header name"),
+                ),
             }
         }
     }
@@ -377,5 +445,10 @@ fn header_add(mut m: Msg<'_, '_>) -> Option<HeaderAdd> {
         _ => AppendAction::AppendIfExistsOrAdd,
     };
     let keep_empty = m.bool("keep_empty_value");
-    Some(HeaderAdd { name, value, action, keep_empty })
+    Some(HeaderAdd {
+        name,
+        value,
+        action,
+        keep_empty,
+    })
 }
