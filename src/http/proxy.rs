@@ -72,6 +72,8 @@ struct Outcome {
     cluster: Option<Arc<ClusterRuntime>>,
     upstream: Option<SocketAddr>,
     route_name: String,
+    /// Whether an access log will read this outcome (route name copied only then).
+    logged: bool,
 }
 
 impl HttpProxy {
@@ -115,6 +117,7 @@ impl HttpProxy {
             cluster: None,
             upstream: None,
             route_name: String::new(),
+            logged: logged.is_some(),
         };
         let request_id = self.prepare_request(&mut req, conn);
         let mut resp = match self.route_and_forward(req, &mut outcome).await {
@@ -167,18 +170,20 @@ impl HttpProxy {
         mut req: Request<Incoming>,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let host = request_host(&req).to_string();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        let Some((vh, route)) = self.routes.find(&host, self.listener_port, &path, req.headers()) else {
+        // Route on borrowed host and path: the matched route borrows the
+        // config, not the request, so nothing is copied per request.
+        let found = {
+            let host = request_host(&req);
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            self.routes.find(host, self.listener_port, path, req.headers())
+        };
+        let Some((vh, route)) = found else {
             self.stats.no_route.inc();
             return Err(ProxyError::NoRoute);
         };
-        outcome.route_name.clone_from(&route.name);
+        if outcome.logged {
+            outcome.route_name.clone_from(&route.name);
+        }
         let action = match &route.action {
             RouteAction::Direct(d) => {
                 self.stats.rq_direct_response.inc();
@@ -232,7 +237,7 @@ impl HttpProxy {
             apply_request_ops(headers, &rc.headers);
         }
         let upstream_h2 = upgrade.is_none() && cluster.config.protocol == UpstreamProtocol::Http2;
-        self.rewrite(&mut req, route, action, &host, upgrade.is_some(), upstream_h2)?;
+        self.rewrite(&mut req, route, action, upgrade.is_some(), upstream_h2)?;
         if !self.hcm.suppress_envoy_headers {
             if let Some(t) = action.timeout {
                 req.headers_mut()
@@ -319,7 +324,6 @@ impl HttpProxy {
         req: &mut Request<Incoming>,
         route: &Route,
         action: &ForwardAction,
-        host: &str,
         upgrade: bool,
         upstream_h2: bool,
     ) -> Result<(), ProxyError> {
@@ -348,23 +352,34 @@ impl HttpProxy {
                 }
             }
         }
-        let authority_str = action.host_rewrite.as_deref().unwrap_or(host);
         strip_hop_by_hop_request(req.headers_mut(), upgrade);
-        let authority = Authority::try_from(authority_str).ok();
         if upstream_h2 {
+            let authority = match &action.host_rewrite {
+                Some(h) => Authority::try_from(h.as_str()).ok(),
+                None => Authority::try_from(request_host(req)).ok(),
+            };
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(Scheme::HTTP);
-            parts.authority = authority.or_else(|| Authority::try_from("localhost").ok());
+            parts.authority = authority.or_else(|| Some(Authority::from_static("localhost")));
             parts.path_and_query = Some(path_and_query);
             *req.uri_mut() =
                 Uri::from_parts(parts).map_err(|_| ProxyError::DownstreamProtocol("invalid request URI"))?;
             req.headers_mut().remove(header::HOST);
             *req.version_mut() = Version::HTTP_2;
         } else {
-            *req.uri_mut() = Uri::from(path_and_query);
-            if let Ok(v) = HeaderValue::from_str(authority_str) {
+            // HTTP/1.1 carries the authority in Host: keep the client's unless it
+            // is rewritten or the client spoke HTTP/2 (which has no Host header).
+            let new_host = match &action.host_rewrite {
+                Some(h) => HeaderValue::from_str(h).ok(),
+                None if !req.headers().contains_key(header::HOST) => {
+                    req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                }
+                None => None,
+            };
+            if let Some(v) = new_host {
                 req.headers_mut().insert(header::HOST, v);
             }
+            *req.uri_mut() = Uri::from(path_and_query);
             *req.version_mut() = Version::HTTP_11;
         }
         Ok(())
