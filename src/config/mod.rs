@@ -93,6 +93,8 @@ pub struct HttpConnectionManager {
     /// Router `suppress_envoy_headers`: no `x-envoy-*` headers added.
     pub suppress_envoy_headers: bool,
     pub http2: Http2Settings,
+    /// `max_request_headers_kb` (default 60): larger request heads get 431.
+    pub max_request_headers_kb: u32,
     pub access_logs: Vec<AccessLog>,
 }
 

@@ -26,6 +26,14 @@ pub enum ProxyError {
     UpgradeNotAllowed(String),
     #[error("downstream protocol error: {0}")]
     DownstreamProtocol(&'static str),
+    /// A request the codec refuses: 400 "Bad Request".
+    #[error("malformed request: {0}")]
+    Codec(&'static str),
+    /// A request the connection manager refuses: 400 with no body.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("HTTP/1.0 is not accepted")]
+    Http10NotAllowed,
 }
 
 /// Which side of the proxy a failure belongs to.
@@ -40,7 +48,10 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoRoute | ProxyError::NoCluster(_) | ProxyError::UpgradeNotAllowed(_) => Side::Config,
-            ProxyError::DownstreamProtocol(_) => Side::Downstream,
+            ProxyError::DownstreamProtocol(_)
+            | ProxyError::Codec(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::Http10NotAllowed => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -59,7 +70,10 @@ impl ProxyError {
             ProxyError::NoCluster(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpgradeNotAllowed(_) => StatusCode::FORBIDDEN,
-            ProxyError::DownstreamProtocol(_) => StatusCode::BAD_REQUEST,
+            ProxyError::DownstreamProtocol(_) | ProxyError::Codec(_) | ProxyError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::Http10NotAllowed => StatusCode::UPGRADE_REQUIRED,
             // Envoy answers 503 for every failure before upstream headers,
             // protocol errors included (flag UPE).
             _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -77,7 +91,10 @@ impl ProxyError {
             ProxyError::UpstreamReset(_) => "UC",
             ProxyError::UpstreamProtocol(_) => "UPE",
             ProxyError::UpgradeNotAllowed(_) => "",
-            ProxyError::DownstreamProtocol(_) => "DPE",
+            ProxyError::DownstreamProtocol(_)
+            | ProxyError::Codec(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::Http10NotAllowed => "DPE",
         }
     }
 
@@ -94,7 +111,9 @@ impl ProxyError {
             ProxyError::UpstreamReset(_) => "upstream_reset_before_response_started{connection_termination}",
             ProxyError::UpstreamProtocol(_) => "upstream_reset_before_response_started{protocol_error}",
             ProxyError::UpgradeNotAllowed(_) => "upgrade_failed",
-            ProxyError::DownstreamProtocol(_) => "codec_error",
+            ProxyError::DownstreamProtocol(_) | ProxyError::Codec(_) => "codec_error",
+            ProxyError::BadRequest(d) => d,
+            ProxyError::Http10NotAllowed => "low_version",
         }
     }
 
@@ -106,10 +125,11 @@ impl ProxyError {
             ProxyError::ConnectTimeout => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection timeout".into()
             }
-            ProxyError::ConnectFailure(e) => format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: {}",
-                e.raw_os_error().map(|c| c.to_string()).unwrap_or_else(|| e.to_string())
-            ),
+            // Envoy 1.40's words exactly; the OS error goes to the debug log.
+            ProxyError::ConnectFailure(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+                    .into()
+            }
             ProxyError::UpstreamTimeout => "upstream request timeout".into(),
             ProxyError::UpstreamReset(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
@@ -117,8 +137,22 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: protocol error".into()
             }
-            ProxyError::DownstreamProtocol(_) => "Bad Request".into(),
+            ProxyError::DownstreamProtocol(_) | ProxyError::Codec(_) => "Bad Request".into(),
+            ProxyError::BadRequest(_) => String::new(),
+            ProxyError::Http10NotAllowed => "Upgrade Required".into(),
         }
+    }
+
+    /// Whether the downstream HTTP/1 connection closes after this reply.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::DownstreamProtocol(_)
+                | ProxyError::Codec(_)
+                | ProxyError::BadRequest(_)
+                | ProxyError::Http10NotAllowed
+                | ProxyError::UpgradeNotAllowed(_)
+        )
     }
 
     /// The gRPC status a gRPC client gets for this failure (Envoy's mapping

@@ -13,8 +13,9 @@ use bytes::Bytes;
 use http::{
     header::{self, HeaderName, HeaderValue},
     uri::{Authority, PathAndQuery, Scheme},
-    HeaderMap, Request, Response, StatusCode, Uri, Version,
+    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
 };
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -28,7 +29,7 @@ use super::{
 use crate::{
     balance::{ClusterMap, ClusterRuntime},
     config::{
-        ClusterTarget, ForwardAction, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
+        ClusterTarget, ForwardAction, HeaderOps, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
         UpstreamProtocol, VirtualHost,
     },
     telemetry::{
@@ -44,6 +45,21 @@ static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarde
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+/// Request headers Envoy's router reads and removes before forwarding.
+const ROUTER_CONTROL_HEADERS: &[&str] = &[
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-internal",
+    "x-envoy-force-trace",
+];
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
@@ -63,6 +79,30 @@ pub struct HttpProxy {
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local: SocketAddr,
+}
+
+/// A failed request: the error, and the route it had matched (if any), whose
+/// response header mutations a local reply still gets, as in Envoy.
+struct Failure<'a> {
+    error: ProxyError,
+    route: Option<RouteRef<'a>>,
+}
+
+#[derive(Clone, Copy)]
+struct RouteRef<'a> {
+    vh: &'a VirtualHost,
+    route: &'a Route,
+    weighted: Option<&'a HeaderOps>,
+}
+
+fn fail(error: ProxyError, at: RouteRef<'_>) -> Failure<'_> {
+    Failure { error, route: Some(at) }
+}
+
+impl From<ProxyError> for Failure<'_> {
+    fn from(error: ProxyError) -> Self {
+        Failure { error, route: None }
+    }
 }
 
 /// What the access log and stats need to know about how a request ended.
@@ -120,17 +160,34 @@ impl HttpProxy {
             logged: logged.is_some(),
         };
         let request_id = self.prepare_request(&mut req, conn);
-        let mut resp = match self.route_and_forward(req, &mut outcome).await {
+        let result = match validate(&req) {
+            Ok(()) => self.route_and_forward(req, &mut outcome).await,
+            Err(e) => Err(e.into()),
+        };
+        let mut resp = match result {
             Ok(resp) => resp,
-            Err(e) => {
+            Err(Failure { error: e, route }) => {
                 outcome.flag = e.flag();
                 outcome.details = e.details();
                 tracing::debug!(error = %e, flag = e.flag(), "local reply");
-                local_reply(&e, grpc)
+                let mut resp = local_reply(&e, grpc);
+                if let Some(r) = route {
+                    self.route_response_ops(&mut resp, r.vh, r.route, r.weighted);
+                }
+                if e.closes_connection() && version != Version::HTTP_2 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
             }
         };
-        // The downstream speaks its own protocol, whatever the upstream spoke.
-        *resp.version_mut() = version;
+        // The downstream speaks its own protocol, whatever the upstream spoke;
+        // HTTP/1.x is answered as HTTP/1.1, as Envoy does.
+        *resp.version_mut() = if version == Version::HTTP_2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
         self.finish_response(&mut resp, request_id);
         let status = resp.status().as_u16();
         stats.response(status);
@@ -147,6 +204,13 @@ impl HttpProxy {
         let headers = req.headers_mut();
         // SANITIZE (the only mode without mTLS): client cert details never pass.
         headers.remove(&X_FORWARDED_CLIENT_CERT);
+        // The proxy answers `Expect: 100-continue` itself (hyper sends the 100
+        // when the body is first read), so the upstream never sees it (Envoy).
+        headers.remove(header::EXPECT);
+        // Control headers the router consumes are never forwarded (Envoy).
+        for name in ROUTER_CONTROL_HEADERS {
+            headers.remove(*name);
+        }
         if hcm.use_remote_address && !hcm.skip_xff_append {
             append_xff(headers, conn.remote);
         }
@@ -169,7 +233,7 @@ impl HttpProxy {
         &self,
         mut req: Request<Incoming>,
         outcome: &mut Outcome,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, Failure<'_>> {
         // Route on borrowed host and path: the matched route borrows the
         // config, not the request, so nothing is copied per request.
         let found = {
@@ -179,7 +243,12 @@ impl HttpProxy {
         };
         let Some((vh, route)) = found else {
             self.stats.no_route.inc();
-            return Err(ProxyError::NoRoute);
+            return Err(ProxyError::NoRoute.into());
+        };
+        let mut at = RouteRef {
+            vh,
+            route,
+            weighted: None,
         };
         if outcome.logged {
             outcome.route_name.clone_from(&route.name);
@@ -195,6 +264,11 @@ impl HttpProxy {
                         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
                 self.route_response_ops(&mut resp, vh, route, None);
+                // As Envoy: answering before the request body was read closes the connection.
+                if !req.body().is_end_stream() && req.version() != Version::HTTP_2 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 return Ok(resp);
             }
             RouteAction::Forward(f) => f,
@@ -203,7 +277,7 @@ impl HttpProxy {
         let upgrade = upgrade_type(&req);
         if let Some(kind) = &upgrade {
             if !self.hcm.upgrades.iter().any(|u| u.eq_ignore_ascii_case(kind)) {
-                return Err(ProxyError::UpgradeNotAllowed(kind.clone()));
+                return Err(fail(ProxyError::UpgradeNotAllowed(kind.clone()), at));
             }
         }
 
@@ -214,6 +288,7 @@ impl HttpProxy {
                 (c.name.as_str(), Some(c))
             }
         };
+        at.weighted = weighted.map(|w| &w.headers);
         let Some(cluster) = self.clusters.get(cluster_name) else {
             self.stats.no_cluster.inc();
             let e = ProxyError::NoCluster(cluster_name.to_string());
@@ -237,7 +312,8 @@ impl HttpProxy {
             apply_request_ops(headers, &rc.headers);
         }
         let upstream_h2 = upgrade.is_none() && cluster.config.protocol == UpstreamProtocol::Http2;
-        self.rewrite(&mut req, route, action, upgrade.is_some(), upstream_h2)?;
+        self.rewrite(&mut req, route, action, upgrade.is_some(), upstream_h2)
+            .map_err(|e| fail(e, at))?;
         if !self.hcm.suppress_envoy_headers {
             if let Some(t) = action.timeout {
                 req.headers_mut()
@@ -247,7 +323,7 @@ impl HttpProxy {
 
         let Some(endpoint) = cluster.pick() else {
             cluster.stats.upstream_cx_none_healthy.inc();
-            return Err(ProxyError::NoHealthyUpstream);
+            return Err(fail(ProxyError::NoHealthyUpstream, at));
         };
         outcome.upstream = Some(endpoint.address);
         let cstats = &cluster.stats;
@@ -284,7 +360,7 @@ impl HttpProxy {
                 if matches!(e, ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_)) {
                     cstats.upstream_rq_rx_reset.inc();
                 }
-                return Err(e);
+                return Err(fail(e, at));
             }
         };
         let status = resp.status();
@@ -370,10 +446,18 @@ impl HttpProxy {
             // HTTP/1.1 carries the authority in Host: keep the client's unless it
             // is rewritten or the client spoke HTTP/2 (which has no Host header).
             let new_host = match &action.host_rewrite {
-                Some(h) => HeaderValue::from_str(h).ok(),
-                None if !req.headers().contains_key(header::HOST) => {
-                    req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                Some(h) => {
+                    if !self.hcm.suppress_envoy_headers {
+                        if let Some(orig) = req.headers().get(header::HOST).cloned() {
+                            req.headers_mut().insert(&X_ENVOY_ORIGINAL_HOST, orig);
+                        }
+                    }
+                    HeaderValue::from_str(h).ok()
                 }
+                None if !req.headers().contains_key(header::HOST) => req
+                    .uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
                 None => None,
             };
             if let Some(v) = new_host {
@@ -381,6 +465,20 @@ impl HttpProxy {
             }
             *req.uri_mut() = Uri::from(path_and_query);
             *req.version_mut() = Version::HTTP_11;
+            // A bodiless request whose method usually has a body gets an
+            // explicit `content-length: 0` (Envoy's HTTP/1 codec does this).
+            let bodyless = req.body().is_end_stream()
+                && !req.headers().contains_key(header::CONTENT_LENGTH)
+                && !req.headers().contains_key(header::TRANSFER_ENCODING);
+            if bodyless
+                && !matches!(
+                    *req.method(),
+                    Method::GET | Method::HEAD | Method::DELETE | Method::TRACE
+                )
+            {
+                req.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
         }
         Ok(())
     }
@@ -491,6 +589,76 @@ impl LoggedRequest {
             n => self.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string),
         }
     }
+}
+
+/// Downstream protocol checks Envoy's codec and connection manager make
+/// before routing (the rest hyper's parser already enforces).
+fn validate(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    if req.version() == Version::HTTP_2 {
+        if req.uri().authority().is_none() && !req.headers().contains_key(header::HOST) {
+            return Err(ProxyError::BadRequest("missing_host_header"));
+        }
+        return Ok(());
+    }
+    // accept_http_10 is off by default: HTTP/1.0 is refused with 426.
+    if req.version() < Version::HTTP_11 {
+        return Err(ProxyError::Http10NotAllowed);
+    }
+    if !is_known_method(req.method()) {
+        return Err(ProxyError::Codec("unknown method"));
+    }
+    let h = req.headers();
+    // Both framings at once is a request-smuggling vector (RFC 9112 §6.3).
+    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(ProxyError::Codec("content-length and transfer-encoding"));
+    }
+    if !h.contains_key(header::HOST) && req.uri().authority().is_none() {
+        return Err(ProxyError::BadRequest("missing_host_header"));
+    }
+    Ok(())
+}
+
+/// The HTTP/1 methods Envoy's codec (http-parser's list) accepts.
+fn is_known_method(m: &Method) -> bool {
+    const EXTRA: &[&str] = &[
+        "COPY",
+        "LOCK",
+        "MKCOL",
+        "MOVE",
+        "PROPFIND",
+        "PROPPATCH",
+        "SEARCH",
+        "UNLOCK",
+        "BIND",
+        "REBIND",
+        "UNBIND",
+        "ACL",
+        "REPORT",
+        "MKACTIVITY",
+        "CHECKOUT",
+        "MERGE",
+        "M-SEARCH",
+        "NOTIFY",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "PURGE",
+        "MKCALENDAR",
+        "LINK",
+        "UNLINK",
+        "SOURCE",
+    ];
+    matches!(
+        *m,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::CONNECT
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::PATCH
+    ) || EXTRA.contains(&m.as_str())
 }
 
 /// The Host a request names: :authority for HTTP/2, the Host header for HTTP/1.1.

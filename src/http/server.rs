@@ -52,17 +52,21 @@ pub async fn serve(stream: TcpStream, proxy: Arc<HttpProxy>, conn: ConnInfo, dra
         async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
     });
     let h2 = hcm.http2;
+    let max_head = hcm.max_request_headers_kb as usize * 1024;
 
     let result = match protocol {
         Detected::Http1 => {
             stats.downstream_cx_http1_total.inc();
-            let builder = http1::Builder::new();
+            let mut builder = http1::Builder::new();
+            // hyper answers 431 and closes when the request head is larger.
+            builder.max_header_size(max_head);
             serve_until_drained!(builder.serve_connection(io, service).with_upgrades(), drain)
         }
         Detected::Http2 => {
             stats.downstream_cx_http2_total.inc();
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder
+                .max_header_list_size(max_head as u32)
                 .max_concurrent_streams(h2.max_concurrent_streams)
                 .initial_stream_window_size(h2.initial_stream_window_size)
                 .initial_connection_window_size(h2.initial_connection_window_size);

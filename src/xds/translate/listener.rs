@@ -387,6 +387,11 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
             format!("{escaped} is not supported yet"),
         );
     }
+    // Envoy's default is 60 KiB and its maximum 8192 KiB.
+    let max_request_headers_kb = m.wrapped_u32("max_request_headers_kb").unwrap_or(60);
+    if !(1..=8192).contains(&max_request_headers_kb) {
+        m.field_error("max_request_headers_kb", "must be between 1 and 8192");
+    }
     let access_logs = access_logs(&mut m);
     m.advisory("tracing", "accepted without effect: remora does not trace yet");
     m.advisory(
@@ -399,7 +404,6 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
     );
     m.ignore("drain_timeout");
     m.ignore("delayed_close_timeout");
-    m.ignore("max_request_headers_kb");
     m.ignore("stream_error_on_invalid_http_message");
     if let Some(mut common) = m.msg("common_http_protocol_options") {
         if common.duration("idle_timeout").is_some_and(|d| !d.is_zero()) {
@@ -431,6 +435,7 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
         server_header,
         suppress_envoy_headers,
         http2,
+        max_request_headers_kb,
         access_logs,
     })
 }
