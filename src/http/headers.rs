@@ -2,32 +2,89 @@
 //! detection, and the route-level add/remove mutations with Envoy's append
 //! actions.
 
-use http::{header, HeaderMap, HeaderValue, Request, Version};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Version};
 
 use crate::config::{AppendAction, HeaderAdd, HeaderOps};
 
+/// Request headers Envoy's router reads and removes before forwarding.
+const ROUTER_CONTROL: &[&str] = &[
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-internal",
+    "x-envoy-force-trace",
+];
+
+/// What to drop from a message before forwarding it.
+#[derive(Clone, Copy)]
+pub enum Sanitize {
+    /// A request: hop-by-hop headers, `expect` (the proxy answers 100-continue
+    /// itself), `x-forwarded-client-cert` (SANITIZE) and the router's
+    /// `x-envoy-*` control headers.
+    Request { keep_upgrade: bool },
+    /// A response: hop-by-hop headers.
+    Response,
+}
+
 /// Removes the connection-specific headers of RFC 9110 §7.6.1 (and those the
-/// `Connection` header names). `te: trailers` survives, as gRPC needs it.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.remove(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',') {
-                let name = name.trim();
-                if !name.is_empty() && !name.eq_ignore_ascii_case("te") {
-                    headers.remove(name);
+/// `Connection` header names), keeping `te: trailers` for gRPC, plus what
+/// `mode` adds. One pass over the names; the map is only searched by key when
+/// something is actually there to remove, which for most messages is nothing.
+pub fn sanitize(headers: &mut HeaderMap, mode: Sanitize) {
+    let keep_upgrade = matches!(mode, Sanitize::Request { keep_upgrade: true });
+    let request = matches!(mode, Sanitize::Request { .. });
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut named_by_connection = false;
+    for (name, value) in headers.iter() {
+        let n = name.as_str();
+        let drop = match n {
+            "connection" => {
+                named_by_connection = true;
+                !keep_upgrade
+            }
+            "keep-alive" | "proxy-connection" | "transfer-encoding" => true,
+            "upgrade" => !keep_upgrade,
+            "te" => !value.as_bytes().eq_ignore_ascii_case(b"trailers"),
+            "expect" | "x-forwarded-client-cert" => request,
+            _ => request && n.starts_with("x-envoy-") && ROUTER_CONTROL.contains(&n),
+        };
+        if drop && !doomed.contains(name) {
+            doomed.push(name.clone());
+        }
+    }
+    if named_by_connection && !keep_upgrade {
+        // Headers the Connection header lists are hop-by-hop too (but never te).
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                if token.is_empty() || token.eq_ignore_ascii_case("te") {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                    if !doomed.contains(&n) {
+                        doomed.push(n);
+                    }
                 }
             }
         }
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
-        }
+    for name in doomed {
+        headers.remove(name);
     }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes hop-by-hop headers (a response's, or a request's without upgrade).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    sanitize(headers, Sanitize::Response)
 }
 
 /// The upgrade an HTTP/1.1 request asks for (`Connection: upgrade` plus
@@ -112,6 +169,25 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get("x-app").unwrap(), "kept");
+    }
+
+    #[test]
+    fn request_sanitizing_drops_control_headers_and_keeps_upgrades_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert("x-envoy-retry-on", HeaderValue::from_static("5xx"));
+        h.insert("x-envoy-decorator-operation", HeaderValue::from_static("kept"));
+        h.insert("x-forwarded-client-cert", HeaderValue::from_static("By=..."));
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let mut up = h.clone();
+        sanitize(&mut h, Sanitize::Request { keep_upgrade: false });
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-envoy-decorator-operation"));
+        sanitize(&mut up, Sanitize::Request { keep_upgrade: true });
+        assert_eq!(up.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(up.get(header::CONNECTION).unwrap(), "upgrade");
+        assert!(!up.contains_key("x-envoy-retry-on"));
     }
 
     #[test]

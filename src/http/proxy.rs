@@ -23,7 +23,7 @@ use super::{
     body::ProxyBody,
     client::Release,
     error::ProxyError,
-    headers::{apply_request_ops, apply_response_ops, strip_hop_by_hop, upgrade_type},
+    headers::{apply_request_ops, apply_response_ops, sanitize, strip_hop_by_hop, upgrade_type, Sanitize},
     route::{is_grpc, RouteTable},
 };
 use crate::{
@@ -41,25 +41,10 @@ use crate::{
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
-/// Request headers Envoy's router reads and removes before forwarding.
-const ROUTER_CONTROL_HEADERS: &[&str] = &[
-    "x-envoy-retry-on",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-max-retries",
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-alt-response",
-    "x-envoy-hedge-on-per-try-timeout",
-    "x-envoy-retriable-status-codes",
-    "x-envoy-retriable-header-names",
-    "x-envoy-internal",
-    "x-envoy-force-trace",
-];
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
@@ -202,15 +187,6 @@ impl HttpProxy {
     fn prepare_request(&self, req: &mut Request<Incoming>, conn: ConnInfo) -> Option<HeaderValue> {
         let hcm = &*self.hcm;
         let headers = req.headers_mut();
-        // SANITIZE (the only mode without mTLS): client cert details never pass.
-        headers.remove(&X_FORWARDED_CLIENT_CERT);
-        // The proxy answers `Expect: 100-continue` itself (hyper sends the 100
-        // when the body is first read), so the upstream never sees it (Envoy).
-        headers.remove(header::EXPECT);
-        // Control headers the router consumes are never forwarded (Envoy).
-        for name in ROUTER_CONTROL_HEADERS {
-            headers.remove(*name);
-        }
         if hcm.use_remote_address && !hcm.skip_xff_append {
             append_xff(headers, conn.remote);
         }
@@ -428,7 +404,10 @@ impl HttpProxy {
                 }
             }
         }
-        strip_hop_by_hop_request(req.headers_mut(), upgrade);
+        // Hop-by-hop headers, `expect` (hyper answers 100-continue itself when
+        // the body is read), x-forwarded-client-cert (SANITIZE, the only mode
+        // without mTLS) and the router's x-envoy-* control headers never pass.
+        sanitize(req.headers_mut(), Sanitize::Request { keep_upgrade: upgrade });
         if upstream_h2 {
             let authority = match &action.host_rewrite {
                 Some(h) => Authority::try_from(h.as_str()).ok(),
@@ -700,18 +679,6 @@ fn new_request_id() -> HeaderValue {
     }
     // 36 ASCII hex digits and dashes are always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
-}
-
-fn strip_hop_by_hop_request(headers: &mut HeaderMap, upgrade: bool) {
-    if upgrade {
-        // Keep Connection: upgrade and Upgrade; drop the rest of the hop-by-hop set.
-        headers.remove(header::TRANSFER_ENCODING);
-        headers.remove("keep-alive");
-        headers.remove("proxy-connection");
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        strip_hop_by_hop(headers);
-    }
 }
 
 /// A local reply: plain text for HTTP, trailers-only gRPC status for gRPC
