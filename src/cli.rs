@@ -137,7 +137,7 @@ fn run(args: RunArgs) -> i32 {
                 return EXIT_RUNTIME;
             }
         };
-        for (name, addr) in &proxy.listeners {
+        for (name, addr) in &proxy.listener_addrs() {
             tracing::info!(listener = %name, address = %addr, "listening");
         }
         if let Some(a) = proxy.admin {

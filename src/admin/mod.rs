@@ -12,6 +12,7 @@ use std::{
     time::SystemTime,
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -24,8 +25,9 @@ use crate::{balance::ClusterMap, config, telemetry::stats::Registry};
 
 pub struct AdminState {
     pub registry: Arc<Registry>,
-    pub bootstrap: Arc<config::Bootstrap>,
-    pub clusters: Arc<ClusterMap>,
+    /// The config in force (listeners and clusters as last applied).
+    pub config: ArcSwap<config::Bootstrap>,
+    pub clusters: Arc<ArcSwap<ClusterMap>>,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     pub loaded_at: SystemTime,
@@ -93,7 +95,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "configs": [{
                     "@type": "remora.admin.BootstrapConfigDump",
                     "last_updated": humantime(state.loaded_at),
-                    "bootstrap": &*state.bootstrap,
+                    "bootstrap": &**state.config.load(),
                 }]
             });
             let body = serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -106,14 +108,14 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         (&Method::GET, "/clusters") => {
             if query.contains("format=json") {
-                let mut r = text(StatusCode::OK, clusters_json(&state.clusters).to_string());
+                let mut r = text(StatusCode::OK, clusters_json(&state.clusters.load()).to_string());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static("application/json"),
                 );
                 r
             } else {
-                text(StatusCode::OK, clusters_text(&state.clusters))
+                text(StatusCode::OK, clusters_text(&state.clusters.load()))
             }
         }
         (&Method::POST, "/quitquitquit") => {

@@ -76,6 +76,39 @@ impl ClusterMap {
         ClusterMap { clusters }
     }
 
+    /// The map for a new cluster set, reusing what survives: an unchanged
+    /// cluster keeps its runtime whole; a changed one keeps the pools (and
+    /// pooled connections) of endpoints whose address remains.
+    pub fn rebuild(old: &ClusterMap, clusters: &[Arc<Cluster>], registry: &Registry) -> ClusterMap {
+        let clusters = clusters
+            .iter()
+            .map(|c| {
+                if let Some(prev) = old.clusters.get(&c.name) {
+                    if *prev.config == **c {
+                        return (c.name.clone(), prev.clone());
+                    }
+                }
+                let mut rt = ClusterRuntime::new(c.clone(), registry);
+                if let Some(prev) = old.clusters.get(&c.name) {
+                    let same_transport = prev.config.protocol == c.protocol
+                        && prev.config.http2 == c.http2
+                        && prev.config.connect_timeout == c.connect_timeout
+                        && prev.config.idle_timeout == c.idle_timeout;
+                    if same_transport {
+                        for ep in &mut rt.endpoints {
+                            if let Some(kept) = prev.endpoints.iter().find(|p| p.address == ep.address) {
+                                *ep = kept.clone();
+                            }
+                        }
+                    }
+                }
+                rt.next.store(fastrand::usize(..), Relaxed);
+                (c.name.clone(), Arc::new(rt))
+            })
+            .collect();
+        ClusterMap { clusters }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<ClusterRuntime>> {
         self.clusters.get(name)
     }

@@ -20,9 +20,25 @@ pub struct Bootstrap {
     pub admin: Option<Admin>,
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: Vec<Arc<Cluster>>,
+    /// Where the rest of the config comes from (xDS), if anywhere.
+    pub dynamic: Option<DynamicResources>,
     /// Parts of the input that remora accepted but does not act on (telemetry
     /// sinks, runtime layers, ...), with their field paths. `/config_dump` shows them.
     pub ignored: Vec<String>,
+}
+
+/// Bootstrap `dynamic_resources`: an ADS stream to a static cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DynamicResources {
+    /// The static cluster the ADS gRPC stream goes to (`envoy_grpc.cluster_name`).
+    pub ads_cluster: String,
+    /// `api_type: DELTA_GRPC` (incremental) rather than GRPC (state of the world).
+    pub delta: bool,
+    /// `lds_config: {ads: {}}` and `cds_config: {ads: {}}`.
+    pub lds: bool,
+    pub cds: bool,
+    /// `initial_fetch_timeout` of the cds/lds config sources (Envoy's default 15 s).
+    pub initial_fetch_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -99,7 +115,7 @@ pub struct HttpConnectionManager {
 }
 
 /// HTTP/2 settings, with Envoy's defaults.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Http2Settings {
     pub max_concurrent_streams: u32,
     pub initial_stream_window_size: u32,
@@ -179,7 +195,7 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cluster {
     pub name: String,
     pub connect_timeout: Duration,
@@ -191,7 +207,7 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
 }

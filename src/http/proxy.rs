@@ -9,6 +9,7 @@ use std::{
     time::{Instant as StdInstant, SystemTime},
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{
     header::{self, HeaderName, HeaderValue},
@@ -52,7 +53,7 @@ static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 pub struct HttpProxy {
     pub hcm: Arc<HttpConnectionManager>,
     pub routes: RouteTable,
-    pub clusters: Arc<ClusterMap>,
+    pub clusters: Arc<ArcSwap<ClusterMap>>,
     pub stats: Arc<HttpStats>,
     pub listener_port: u16,
     pub access_logs: Vec<(Arc<Format>, Arc<Sink>)>,
@@ -104,7 +105,7 @@ struct Outcome {
 impl HttpProxy {
     pub fn new(
         hcm: Arc<HttpConnectionManager>,
-        clusters: Arc<ClusterMap>,
+        clusters: Arc<ArcSwap<ClusterMap>>,
         stats: Arc<HttpStats>,
         listener_port: u16,
         access_logs: Vec<(Arc<Format>, Arc<Sink>)>,
@@ -265,7 +266,8 @@ impl HttpProxy {
             }
         };
         at.weighted = weighted.map(|w| &w.headers);
-        let Some(cluster) = self.clusters.get(cluster_name) else {
+        // The cluster set as it is now (an update swaps it whole).
+        let Some(cluster) = self.clusters.load().get(cluster_name).cloned() else {
             self.stats.no_cluster.inc();
             let e = ProxyError::NoCluster(cluster_name.to_string());
             let mut resp = local_reply(&e, is_grpc(req.headers()));

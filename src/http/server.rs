@@ -4,6 +4,7 @@
 
 use std::{convert::Infallible, sync::Arc};
 
+use arc_swap::ArcSwap;
 use hyper::{body::Incoming, server::conn::http1, server::conn::http2, service::service_fn, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -12,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::proxy::{ConnInfo, HttpProxy};
 use crate::{
     config::Codec,
-    listener::detect::{detect, Detected},
+    listener::{
+        detect::{detect, Detected},
+        Handler,
+    },
     telemetry::stats::ActiveGuard,
 };
 
@@ -32,7 +36,16 @@ macro_rules! serve_until_drained {
     }};
 }
 
-pub async fn serve(stream: TcpStream, proxy: Arc<HttpProxy>, conn: ConnInfo, drain: CancellationToken) {
+/// Serves a connection. `proxy` is the config the connection arrived under
+/// (it fixes the codec); each request uses the listener's current config from
+/// `current`, so updates apply to open connections at once.
+pub async fn serve(
+    stream: TcpStream,
+    proxy: Arc<HttpProxy>,
+    current: Arc<ArcSwap<Handler>>,
+    conn: ConnInfo,
+    drain: CancellationToken,
+) {
     let stats = proxy.stats.clone();
     stats.downstream_cx_total.inc();
     let _active = ActiveGuard::new(&stats.downstream_cx_active);
@@ -47,8 +60,13 @@ pub async fn serve(stream: TcpStream, proxy: Arc<HttpProxy>, conn: ConnInfo, dra
         },
     };
     let io = TokioIo::new(stream);
+    let arrived = proxy.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = proxy.clone();
+        let proxy = match &**current.load() {
+            Handler::Http(p) => p.clone(),
+            // The listener became a TCP proxy: this connection keeps its HTTP config.
+            Handler::Tcp(_) => arrived.clone(),
+        };
         async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
     });
     let h2 = hcm.http2;

@@ -6,6 +6,7 @@ pub mod detect;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -35,7 +36,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 pub async fn accept_loop(
     listener: TcpListener,
-    handler: Handler,
+    handler: Arc<ArcSwap<Handler>>,
     stats: Arc<ListenerStats>,
     drain: CancellationToken,
     tracker: TaskTracker,
@@ -73,9 +74,12 @@ pub async fn accept_loop(
     // Dropping the listener closes the socket: new connections are refused.
 }
 
-async fn serve(stream: TcpStream, handler: Handler, conn: ConnInfo, drain: CancellationToken) {
-    match handler {
-        Handler::Http(proxy) => crate::http::server::serve(stream, proxy, conn, drain).await,
+/// A connection uses the listener's config as it is when it arrives; HTTP
+/// connections pick up a new config on each request (see `http::server`).
+async fn serve(stream: TcpStream, handler: Arc<ArcSwap<Handler>>, conn: ConnInfo, drain: CancellationToken) {
+    let current = handler.load_full();
+    match &*current {
+        Handler::Http(proxy) => crate::http::server::serve(stream, proxy.clone(), handler, conn, drain).await,
         Handler::Tcp(tcp) => tcp.handle(stream, conn, drain).await,
     }
 }

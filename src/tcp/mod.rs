@@ -27,7 +27,7 @@ use crate::{
 
 pub struct TcpProxyRuntime {
     pub config: Arc<TcpProxy>,
-    pub clusters: Arc<ClusterMap>,
+    pub clusters: Arc<arc_swap::ArcSwap<ClusterMap>>,
     pub stats: Arc<TcpStats>,
 }
 
@@ -39,7 +39,7 @@ impl TcpProxyRuntime {
             ClusterTarget::Single(n) => n.as_str(),
             ClusterTarget::Weighted(w) => w.pick(fastrand::u64(..w.total)).name.as_str(),
         };
-        let Some(cluster) = self.clusters.get(name) else {
+        let Some(cluster) = self.clusters.load().get(name).cloned() else {
             stats.downstream_cx_no_route.inc();
             return;
         };

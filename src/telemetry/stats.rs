@@ -159,11 +159,17 @@ pub struct Registry {
     tcp: Mutex<Vec<Arc<TcpStats>>>,
 }
 
-fn push<T>(list: &Mutex<Vec<Arc<T>>>, item: T) -> Arc<T> {
-    let item = Arc::new(item);
-    if let Ok(mut l) = list.lock() {
-        l.push(item.clone());
+/// The stats object named `key`, created on first use: objects recreated by a
+/// config update (or two HCMs with one stat_prefix) share counters, as in Envoy.
+fn get_or_add<T>(list: &Mutex<Vec<Arc<T>>>, key: &str, key_of: fn(&T) -> &str, make: impl FnOnce() -> T) -> Arc<T> {
+    let Ok(mut l) = list.lock() else {
+        return Arc::new(make());
+    };
+    if let Some(found) = l.iter().find(|s| key_of(s) == key) {
+        return found.clone();
     }
+    let item = Arc::new(make());
+    l.push(item.clone());
     item
 }
 
@@ -173,36 +179,44 @@ fn snapshot<T>(list: &Mutex<Vec<Arc<T>>>) -> Vec<Arc<T>> {
 
 impl Registry {
     pub fn http(&self, prefix: &str) -> Arc<HttpStats> {
-        push(
+        get_or_add(
             &self.http,
-            HttpStats {
+            prefix,
+            |s| &s.prefix,
+            || HttpStats {
                 prefix: prefix.to_string(),
                 ..Default::default()
             },
         )
     }
     pub fn listener(&self, address: &str) -> Arc<ListenerStats> {
-        push(
+        get_or_add(
             &self.listeners,
-            ListenerStats {
+            address,
+            |s| &s.address,
+            || ListenerStats {
                 address: address.to_string(),
                 ..Default::default()
             },
         )
     }
     pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
-        push(
+        get_or_add(
             &self.clusters,
-            ClusterStats {
+            name,
+            |s| &s.name,
+            || ClusterStats {
                 name: name.to_string(),
                 ..Default::default()
             },
         )
     }
     pub fn tcp(&self, prefix: &str) -> Arc<TcpStats> {
-        push(
+        get_or_add(
             &self.tcp,
-            TcpStats {
+            prefix,
+            |s| &s.prefix,
+            || TcpStats {
                 prefix: prefix.to_string(),
                 ..Default::default()
             },

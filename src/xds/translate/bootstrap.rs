@@ -33,6 +33,8 @@ pub fn bootstrap(mut m: Msg<'_, '_>) -> Option<config::Bootstrap> {
         }
     }
 
+    let dynamic = m.msg("dynamic_resources").and_then(dynamic_resources);
+
     // Telemetry and operational knobs that do not change how traffic flows.
     for f in [
         "stats_config",
@@ -92,7 +94,97 @@ pub fn bootstrap(mut m: Msg<'_, '_>) -> Option<config::Bootstrap> {
         admin,
         listeners,
         clusters,
+        dynamic,
         ignored: Vec::new(),
+    })
+}
+
+/// `dynamic_resources`: LDS and CDS over one ADS stream to a static cluster.
+fn dynamic_resources(mut m: Msg<'_, '_>) -> Option<config::DynamicResources> {
+    let ctx = m.ctx();
+    let Some(mut ads) = m.msg("ads_config") else {
+        m.error("dynamic_resources needs ads_config: remora takes xDS over one ADS stream");
+        return None;
+    };
+    let api_type = ads.enum_name("api_type");
+    let delta = match api_type.as_str() {
+        "GRPC" => false,
+        "DELTA_GRPC" => {
+            ads.field_error(
+                "api_type",
+                "DELTA_GRPC is not supported yet (use GRPC, state of the world)",
+            );
+            true
+        }
+        other => {
+            ads.field_error("api_type", format!("{other} is not supported (GRPC or DELTA_GRPC)"));
+            false
+        }
+    };
+    let version = ads.enum_name("transport_api_version");
+    if version != "V3" && version != "AUTO" {
+        ads.field_error("transport_api_version", format!("{version}: only the v3 API exists"));
+    }
+    ads.ignore("set_node_on_first_message_only");
+    ads.advisory(
+        "rate_limit_settings",
+        "accepted without effect: requests are not rate limited",
+    );
+    let mut services = ads.list("grpc_services");
+    let mut ads_cluster = String::new();
+    if services.len() != 1 {
+        ads.field_error("grpc_services", "exactly one gRPC service is supported");
+    }
+    if let Some(mut svc) = services.pop() {
+        svc.ignore("timeout");
+        if svc.has("google_grpc") {
+            svc.field_error("google_grpc", "google_grpc is not supported: use envoy_grpc");
+        }
+        if !svc.list("initial_metadata").is_empty() {
+            svc.field_error("initial_metadata", "initial metadata is not supported yet");
+        }
+        if let Some(mut eg) = svc.msg("envoy_grpc") {
+            ads_cluster = eg.string("cluster_name");
+            eg.ignore("authority");
+            eg.ignore("max_receive_message_length");
+            eg.advisory(
+                "retry_policy",
+                "accepted: remora reconnects with its own bounded backoff",
+            );
+            ctx.check_cluster_ref(&eg.field_path("cluster_name"), &ads_cluster);
+        }
+    }
+    drop(ads);
+    let mut timeout = std::time::Duration::from_secs(15);
+    let mut source = |name: &str, m: &mut Msg<'_, '_>| -> bool {
+        let Some(mut cs) = m.msg(name) else { return false };
+        if cs.msg("ads").is_none() {
+            cs.error("only `ads: {}` config sources are supported (everything over the one ADS stream)");
+            return false;
+        }
+        let v = cs.enum_name("resource_api_version");
+        if v != "V3" && v != "AUTO" {
+            cs.field_error("resource_api_version", format!("{v}: only the v3 API exists"));
+        }
+        if let Some(t) = cs.duration("initial_fetch_timeout") {
+            timeout = t;
+        }
+        true
+    };
+    let lds = source("lds_config", &mut m);
+    let cds = source("cds_config", &mut m);
+    if !lds && !cds {
+        m.error("dynamic_resources needs lds_config or cds_config");
+    }
+    if ads_cluster.is_empty() {
+        return None;
+    }
+    Some(config::DynamicResources {
+        ads_cluster,
+        delta,
+        lds,
+        cds,
+        initial_fetch_timeout: timeout,
     })
 }
 
