@@ -126,17 +126,29 @@ fn run(args: RunArgs) -> i32 {
     for w in &bootstrap.ignored {
         tracing::warn!("{w}");
     }
+    let ads = match xds::ads::AdsConfig::from_bootstrap(&bootstrap) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: dynamic_resources: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     let Some(rt) = runtime(args.concurrency as usize) else {
         return EXIT_RUNTIME;
     };
     rt.block_on(async move {
         let proxy = match Proxy::start(bootstrap).await {
-            Ok(p) => p,
+            Ok(p) => std::sync::Arc::new(p),
             Err(e) => {
                 eprintln!("error: {e}");
                 return EXIT_RUNTIME;
             }
         };
+        let xds_stop = tokio_util::sync::CancellationToken::new();
+        if let Some(ads) = ads {
+            tracing::info!(server = %ads.server, "taking config from xDS (ADS, state of the world)");
+            tokio::spawn(xds::ads::run(proxy.clone(), ads, xds_stop.clone()));
+        }
         for (name, addr) in &proxy.listener_addrs() {
             tracing::info!(listener = %name, address = %addr, "listening");
         }
@@ -144,6 +156,7 @@ fn run(args: RunArgs) -> i32 {
             tracing::info!(address = %a, "admin listening");
         }
         wait_for_stop(&proxy).await;
+        xds_stop.cancel();
         tracing::info!(timeout_s = args.drain_timeout, "draining");
         proxy.drain(Duration::from_secs(args.drain_timeout)).await;
         tracing::info!("stopped");

@@ -257,7 +257,7 @@ impl Proxy {
     /// Stops accepting, lets connections finish (HTTP/1.1 after the request
     /// in flight, HTTP/2 after GOAWAY) for up to `timeout`, and returns
     /// whether everything finished in time.
-    pub async fn drain(self, timeout: Duration) -> bool {
+    pub async fn drain(&self, timeout: Duration) -> bool {
         self.state.draining.store(true, Relaxed);
         self.drain.cancel();
         self.tracker.close();

@@ -1,7 +1,8 @@
-//! Envoy's v3 API in, remora's `config` model out. Today: static bootstrap
-//! files (`remora run --config`, `remora check`); the ADS client comes next and
-//! goes through the same `translate`.
+//! Envoy's v3 API in, remora's `config` model out: static bootstrap files
+//! (`remora run --config`, `remora check`) and the ADS client (`ads.rs`), both
+//! through the same `translate`.
 
+pub mod ads;
 pub mod decode;
 pub mod translate;
 

@@ -24,6 +24,16 @@ mod tests;
 
 pub use bootstrap::bootstrap;
 
+/// One xDS Cluster resource (the same translation as a static cluster).
+pub fn cluster(m: Msg<'_, '_>) -> Option<crate::config::Cluster> {
+    cluster::cluster(m)
+}
+
+/// One xDS Listener resource (the same translation as a static listener).
+pub fn listener(m: Msg<'_, '_>) -> Option<crate::config::Listener> {
+    listener::listener(m)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub path: String,
