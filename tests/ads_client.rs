@@ -240,7 +240,7 @@ async fn ads_sotw_serves_updates_nacks_bad_ones_and_resubscribes() {
     let nack = conn.push(LDS, "l3", "n4", vec![listener_res("a", "(")]).await;
     assert_eq!(nack.version_info, "l2", "a NACK carries the last accepted version");
     let detail = nack.error_detail.expect("error_detail").message;
-    assert!(detail.contains("listener 'http'"), "{detail}");
+    assert!(detail.contains("Listener 'http'"), "{detail}");
     assert!(detail.contains("match.safe_regex.regex: invalid regex"), "{detail}");
     assert_eq!(c.get("x", "/").await.json()["upstream"], "b");
 
@@ -261,5 +261,150 @@ async fn ads_sotw_serves_updates_nacks_bad_ones_and_resubscribes() {
     assert_eq!((cds.type_url.as_str(), cds.version_info.as_str()), (CDS, "c2"));
     let lds = conn.next_request().await;
     assert_eq!((lds.type_url.as_str(), lds.version_info.as_str()), (LDS, "l2"));
+    stop.cancel();
+}
+
+fn eds_cluster_res(name: &str) -> Any {
+    resource(
+        "envoy.config.cluster.v3.Cluster",
+        &format!(
+            "name: {name}\ntype: EDS\nconnect_timeout: 1s\neds_cluster_config:\n  service_name: {name}-svc\n  eds_config: {{ ads: {{}}, resource_api_version: V3 }}"
+        ),
+    )
+}
+
+fn assignment_res(service: &str, addrs: &[std::net::SocketAddr]) -> Any {
+    let eps: String = addrs
+        .iter()
+        .map(|a| {
+            format!(
+                "\n    - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    resource(
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+        &format!("cluster_name: {service}\nendpoints:\n- lb_endpoints:{eps}"),
+    )
+}
+
+fn rds_listener_res(route_name: &str) -> Any {
+    resource(
+        "envoy.config.listener.v3.Listener",
+        &format!(
+            r#"name: http
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+filter_chains:
+- filters:
+  - name: hcm
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: ingress
+      rds: {{ route_config_name: {route_name}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+      http_filters:
+      - name: router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}"#
+        ),
+    )
+}
+
+fn route_res(name: &str, cluster_name: &str) -> Any {
+    resource(
+        "envoy.config.route.v3.RouteConfiguration",
+        &format!(
+            "name: {name}\nvirtual_hosts:\n- name: all\n  domains: [\"*\"]\n  routes:\n  - match: {{ prefix: / }}\n    route: {{ cluster: {cluster_name} }}"
+        ),
+    )
+}
+
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_follows_rds_and_eds_references_and_warms_before_serving() {
+    let a1 = upstream("a1").await;
+    let a2 = upstream("a2").await;
+    let (xds, mut conns) = xds_server().await;
+    let boot = remora::xds::parse_bootstrap("t.yaml", &bootstrap(xds)).unwrap_or_else(|e| panic!("{e}"));
+    let ads = remora::xds::ads::AdsConfig::from_bootstrap(&boot)
+        .unwrap()
+        .expect("dynamic");
+    let proxy = Arc::new(remora::proxy::Proxy::start(boot).await.unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(remora::xds::ads::run(proxy.clone(), ads, stop.clone()));
+    let mut conn = within("stream", conns.recv()).await.unwrap();
+    assert_eq!(conn.next_request().await.type_url, CDS);
+    assert_eq!(conn.next_request().await.type_url, LDS);
+
+    // CDS brings an EDS cluster: the client subscribes to its assignment.
+    let ack = conn.push(CDS, "c1", "n1", vec![eds_cluster_res("a")]).await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    let eds = conn.next_request().await;
+    assert_eq!(eds.type_url, EDS);
+    assert_eq!(eds.resource_names, vec!["a-svc".to_string()]);
+
+    // LDS brings a listener that uses RDS: subscribed by name, not served yet (warming).
+    let ack = conn.push(LDS, "l1", "n2", vec![rds_listener_res("main")]).await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    let rds = conn.next_request().await;
+    assert_eq!(rds.type_url, RDS);
+    assert_eq!(rds.resource_names, vec!["main".to_string()]);
+    assert_eq!(
+        proxy.listener("http"),
+        None,
+        "a listener is not served before its routes arrive"
+    );
+    assert_eq!(
+        H1::connect(proxy.admin.unwrap()).await.get("a", "/ready").await.status,
+        503
+    );
+
+    let ack = conn.push(RDS, "r1", "n3", vec![route_res("main", "a")]).await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    let addr = proxy.listener("http").expect("served once its routes arrived");
+    // Endpoints have not arrived: the EDS cluster has none (503 UH).
+    let mut c = H1::connect(addr).await;
+    assert_eq!(c.get("x", "/").await.status, 503);
+
+    let ack = conn
+        .push(EDS, "e1", "n4", vec![assignment_res("a-svc", &[a1.addr])])
+        .await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    assert_eq!(c.get("x", "/").await.json()["upstream"], "a1");
+    eventually("ready once warm", || {
+        let admin_addr = proxy.admin.unwrap();
+        async move { (H1::connect(admin_addr).await.get("a", "/ready").await.status == 200).then_some(()) }
+    })
+    .await;
+
+    // An EDS-only update adds an endpoint; a1's pooled connection is kept.
+    let ack = conn
+        .push(EDS, "e2", "n5", vec![assignment_res("a-svc", &[a1.addr, a2.addr])])
+        .await;
+    assert!(ack.error_detail.is_none());
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..10 {
+        seen.insert(c.get("x", "/").await.json()["upstream"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        a1.accepts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a1's connection survived the EDS update"
+    );
+
+    // An invalid route update is NACKed; the old routes keep serving.
+    let bad = resource(
+        "envoy.config.route.v3.RouteConfiguration",
+        "name: main\nvirtual_hosts:\n- name: all\n  domains: [\"*\"]\n  routes:\n  - match: { prefix: / }\n    route: { cluster: a, retry_policy: { retry_on: 5xx } }",
+    );
+    let nack = conn.push(RDS, "r2", "n6", vec![bad]).await;
+    assert_eq!(nack.version_info, "r1");
+    let detail = nack.error_detail.expect("NACK").message;
+    assert!(detail.contains("RouteConfiguration 'main'"), "{detail}");
+    assert!(detail.contains("retry_policy"), "{detail}");
+    assert_eq!(c.get("x", "/").await.status, 200);
     stop.cancel();
 }

@@ -137,6 +137,7 @@ mod tests {
                     address: ([127, 0, 0, 1], 1000 + i).into(),
                 })
                 .collect(),
+            eds: None,
         })
     }
 

@@ -95,7 +95,11 @@ pub enum ServerHeader {
 pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub codec: Codec,
+    /// The routes: inline, or (with `rds`) the last RouteConfiguration
+    /// delivered under that name, filled in by the xDS client.
     pub route_config: Arc<RouteConfig>,
+    /// `rds.route_config_name`, when the routes come from RDS.
+    pub rds: Option<String>,
     pub strip_port: StripPort,
     /// Upgrade types (lower-case, e.g. "websocket") that may be proxied.
     pub upgrades: Vec<String>,
@@ -205,6 +209,9 @@ pub struct Cluster {
     /// `common_http_protocol_options.idle_timeout`, default 1 h).
     pub idle_timeout: Option<Duration>,
     pub endpoints: Vec<Endpoint>,
+    /// For `type: EDS`: the assignment name (`service_name`, else the cluster
+    /// name) whose endpoints xDS delivers; `endpoints` are filled from it.
+    pub eds: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -84,6 +84,27 @@ pub fn bootstrap(mut m: Msg<'_, '_>) -> Option<config::Bootstrap> {
     }
 
     check_unique(ctx, &listeners, &clusters);
+    if dynamic.is_none() {
+        // RDS and EDS names only mean something with an ADS stream.
+        for (i, l) in listeners.iter().enumerate() {
+            if let config::NetworkFilter::Http(h) = &l.filter {
+                if h.rds.is_some() {
+                    ctx.error(
+                        &format!("static_resources.listeners[{i}]"),
+                        "its HTTP connection manager uses rds, which needs dynamic_resources.ads_config",
+                    );
+                }
+            }
+        }
+        for (i, c) in clusters.iter().enumerate() {
+            if c.eds.is_some() {
+                ctx.error(
+                    &format!("static_resources.clusters[{i}].type"),
+                    "EDS needs dynamic_resources.ads_config",
+                );
+            }
+        }
+    }
     drop(m);
     if ctx.has_errors() {
         return None;

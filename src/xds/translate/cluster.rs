@@ -1,5 +1,5 @@
-//! `envoy.config.cluster.v3.Cluster` (STATIC, with `load_assignment`) ->
-//! `config::Cluster`.
+//! `envoy.config.cluster.v3.Cluster` (STATIC with `load_assignment`, or EDS)
+//! -> `config::Cluster`, and `ClusterLoadAssignment` -> endpoints.
 
 use std::time::Duration;
 
@@ -20,10 +20,10 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
     } else {
         m.enum_name("type")
     };
-    if kind != "STATIC" {
+    if kind != "STATIC" && kind != "EDS" {
         m.field_error(
             "type",
-            format!("cluster type {kind} is not supported yet (only STATIC; DNS and EDS come later)"),
+            format!("cluster type {kind} is not supported yet (only STATIC and EDS; DNS comes later)"),
         );
     }
     // Envoy's default connect_timeout is 5 s.
@@ -79,52 +79,19 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
     }
 
     let mut endpoints = Vec::new();
-    if let Some(mut la) = m.msg("load_assignment") {
-        la.ignore("cluster_name");
-        if let Some(mut policy) = la.msg("policy") {
-            policy.advisory(
-                "overprovisioning_factor",
-                "accepted without effect: remora has a single priority for now",
-            );
-            policy.ignore("weighted_priority_health");
+    if let Some(la) = m.msg("load_assignment") {
+        endpoints = load_assignment(la);
+    }
+    let mut eds = None;
+    if let Some(mut ec) = m.msg("eds_cluster_config") {
+        if let Some(cs) = ec.msg("eds_config") {
+            super::ads_source(cs);
         }
-        for mut locality in la.list("endpoints") {
-            locality.ignore("locality");
-            locality.ignore("metadata");
-            if locality.u32("priority") != 0 {
-                locality.field_error("priority", "priorities are not supported yet");
-            }
-            locality.advisory(
-                "load_balancing_weight",
-                "accepted without effect: locality weighting is not implemented yet",
-            );
-            for mut lb_ep in locality.list("lb_endpoints") {
-                let health = lb_ep.enum_name("health_status");
-                lb_ep.ignore("metadata");
-                if let Some(w) = lb_ep.wrapped_u32("load_balancing_weight") {
-                    if w == 0 {
-                        lb_ep.field_error("load_balancing_weight", "must be at least 1");
-                    } else if w != 1 {
-                        lb_ep.field_error("load_balancing_weight", "weighted endpoints are not supported yet");
-                    }
-                }
-                if let Some(mut ep) = lb_ep.msg("endpoint") {
-                    ep.ignore("hostname");
-                    ep.advisory(
-                        "health_check_config",
-                        "accepted without effect: no active health checks yet",
-                    );
-                    if let Some(addr) = ep.msg("address").and_then(socket_address) {
-                        // As Envoy: only HEALTHY and UNKNOWN endpoints receive traffic.
-                        if health == "HEALTHY" || health == "UNKNOWN" {
-                            endpoints.push(config::Endpoint { address: addr });
-                        }
-                    }
-                } else {
-                    lb_ep.error("lb_endpoints entry needs an endpoint");
-                }
-            }
-        }
+        let service = ec.string("service_name");
+        eds = Some(if service.is_empty() { name.clone() } else { service });
+    }
+    if kind == "EDS" && eds.is_none() {
+        eds = Some(name.clone());
     }
 
     m.ignore("alt_stat_name");
@@ -146,6 +113,7 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
         http2,
         idle_timeout,
         endpoints,
+        eds,
     })
 }
 
@@ -157,4 +125,64 @@ fn common_options(m: &mut Msg<'_, '_>) -> Option<Duration> {
         "accepted without effect: header count limits are fixed",
     );
     (!idle.is_zero()).then_some(idle)
+}
+
+/// A `ClusterLoadAssignment` (inline `load_assignment` or an EDS resource):
+/// the endpoints that may receive traffic.
+pub fn load_assignment(mut la: Msg<'_, '_>) -> Vec<config::Endpoint> {
+    let mut endpoints = Vec::new();
+    la.ignore("cluster_name");
+    la.ignore("named_endpoints");
+    if let Some(mut policy) = la.msg("policy") {
+        policy.advisory(
+            "overprovisioning_factor",
+            "accepted without effect: remora has a single priority for now",
+        );
+        policy.ignore("weighted_priority_health");
+        policy.advisory(
+            "endpoint_stale_after",
+            "accepted without effect: assignments do not go stale yet",
+        );
+        if !policy.list("drop_overloads").is_empty() {
+            policy.field_error("drop_overloads", "drop overloads are not supported yet");
+        }
+    }
+    for mut locality in la.list("endpoints") {
+        locality.ignore("locality");
+        locality.ignore("metadata");
+        if locality.u32("priority") != 0 {
+            locality.field_error("priority", "priorities are not supported yet");
+        }
+        locality.advisory(
+            "load_balancing_weight",
+            "accepted without effect: locality weighting is not implemented yet",
+        );
+        for mut lb_ep in locality.list("lb_endpoints") {
+            let health = lb_ep.enum_name("health_status");
+            lb_ep.ignore("metadata");
+            if let Some(w) = lb_ep.wrapped_u32("load_balancing_weight") {
+                if w == 0 {
+                    lb_ep.field_error("load_balancing_weight", "must be at least 1");
+                } else if w != 1 {
+                    lb_ep.field_error("load_balancing_weight", "weighted endpoints are not supported yet");
+                }
+            }
+            if let Some(mut ep) = lb_ep.msg("endpoint") {
+                ep.ignore("hostname");
+                ep.advisory(
+                    "health_check_config",
+                    "accepted without effect: no active health checks yet",
+                );
+                if let Some(addr) = ep.msg("address").and_then(socket_address) {
+                    // As Envoy: only HEALTHY and UNKNOWN endpoints receive traffic.
+                    if health == "HEALTHY" || health == "UNKNOWN" {
+                        endpoints.push(config::Endpoint { address: addr });
+                    }
+                }
+            } else {
+                lb_ep.error("lb_endpoints entry needs an endpoint");
+            }
+        }
+    }
+    endpoints
 }

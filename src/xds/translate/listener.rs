@@ -222,17 +222,29 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
             Codec::Auto
         }
     };
-    if m.has("rds") {
-        m.field_error(
-            "rds",
-            "RDS is not supported yet: give the routes inline in route_config",
-        );
+    let mut rds = None;
+    if let Some(mut r) = m.msg("rds") {
+        if let Some(cs) = r.msg("config_source") {
+            super::ads_source(cs);
+        }
+        let name = r.string("route_config_name");
+        if name.is_empty() {
+            r.field_error("route_config_name", "must not be empty");
+        }
+        rds = Some(name);
     }
     if m.has("scoped_routes") {
         m.field_error("scoped_routes", "scoped routes are not supported");
     }
     let route_config = match m.msg("route_config") {
         Some(rc) => route::route_config(rc),
+        // Filled in when the RouteConfiguration arrives over xDS.
+        None if rds.is_some() => Some(config::RouteConfig {
+            name: rds.clone().unwrap_or_default(),
+            virtual_hosts: Vec::new(),
+            headers: Default::default(),
+            ignore_port_in_host_matching: false,
+        }),
         None => {
             if !m.ctx().has_errors() {
                 m.field_error("route_config", "an HTTP connection manager needs a route_config");
@@ -420,6 +432,7 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
         stat_prefix,
         codec,
         route_config: Arc::new(route_config),
+        rds,
         strip_port,
         upgrades,
         use_remote_address,

@@ -29,6 +29,32 @@ pub fn cluster(m: Msg<'_, '_>) -> Option<crate::config::Cluster> {
     cluster::cluster(m)
 }
 
+/// One xDS RouteConfiguration resource.
+pub fn route_configuration(m: Msg<'_, '_>) -> Option<crate::config::RouteConfig> {
+    route::route_config(m)
+}
+
+/// One xDS ClusterLoadAssignment resource: its name and endpoints.
+pub fn cluster_load_assignment(m: Msg<'_, '_>) -> Option<(String, Vec<crate::config::Endpoint>)> {
+    let name = m.peek_string("cluster_name").unwrap_or_default();
+    Some((name, cluster::load_assignment(m)))
+}
+
+/// A `ConfigSource` that must be `ads: {}` (everything comes over the one ADS
+/// stream); anything else is reported at its path.
+pub(crate) fn ads_source(mut cs: Msg<'_, '_>) -> bool {
+    if cs.msg("ads").is_none() {
+        cs.error("only `ads: {}` config sources are supported (everything over the one ADS stream)");
+        return false;
+    }
+    let v = cs.enum_name("resource_api_version");
+    if v != "V3" && v != "AUTO" {
+        cs.field_error("resource_api_version", format!("{v}: only the v3 API exists"));
+    }
+    cs.ignore("initial_fetch_timeout");
+    true
+}
+
 /// One xDS Listener resource (the same translation as a static listener).
 pub fn listener(m: Msg<'_, '_>) -> Option<crate::config::Listener> {
     listener::listener(m)

@@ -148,7 +148,11 @@ fn bad_input_names_the_field_path() {
             bootstrap("route: { cluster: c }", "", "\n          rds: { route_config_name: r }"),
             "typed_config: multiple fields provided for oneof 'route_specifier'".to_string(),
         ),
-        ("rds not yet", rds_only(), "typed_config.rds: RDS is not supported yet".to_string()),
+        (
+            "rds without ads",
+            rds_only(),
+            "static_resources.listeners[0]: its HTTP connection manager uses rds, which needs dynamic_resources.ads_config".to_string(),
+        ),
         (
             "access log operator",
             bootstrap(

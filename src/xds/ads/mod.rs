@@ -5,15 +5,16 @@
 //! good config keeps serving whatever happens to the stream.
 //!
 //! State of the world only for now (Delta is rejected in the bootstrap).
-//! CDS and LDS are subscribed as wildcards; listeners must carry their routes
-//! inline and clusters must be STATIC until RDS and EDS land.
+//! CDS and LDS are wildcard subscriptions; RDS and EDS subscriptions follow the
+//! names the listeners and clusters refer to (see `state.rs`).
 //!
 //! Per Envoy, within one response each resource stands alone: the valid
 //! ones are applied, an invalid one keeps its previous version (if any), and
 //! the response is NACKed naming every resource and field that failed.
 
+mod state;
+
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -26,19 +27,14 @@ use envoy_types::pb::{
             aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse,
         },
     },
-    google::{protobuf::Any, rpc::Status},
+    google::rpc::Status,
 };
-use prost_reflect::DynamicMessage;
+use state::{known_type, State};
+pub use state::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    decode::{release_memory, ApiPool},
-    translate::{self, Ctx, Msg},
-};
+use super::decode::release_memory;
 use crate::{config, proxy::Proxy};
-
-pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
 /// Reconnect backoff: jittered exponential, bounded (Envoy's defaults: 500 ms base, 30 s max).
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -81,31 +77,13 @@ impl AdsConfig {
     }
 }
 
-/// The client's view: the last good dynamic resources and what was ACKed.
-struct State {
-    cfg: AdsConfig,
-    clusters: BTreeMap<String, Arc<config::Cluster>>,
-    listeners: BTreeMap<String, Arc<config::Listener>>,
-    /// Last ACKed version per type (sent again on reconnect).
-    versions: BTreeMap<&'static str, String>,
-    cds_done: bool,
-    lds_done: bool,
-}
-
 /// Runs the client until `shutdown`: connects, subscribes, applies, and
 /// reconnects with backoff when the stream breaks. Marks the proxy ready once
 /// the first CDS and LDS responses are applied, or `initial_fetch_timeout`
 /// passed, as Envoy does.
 pub async fn run(proxy: Arc<Proxy>, cfg: AdsConfig, shutdown: CancellationToken) {
     let fetch_timeout = cfg.dynamic.initial_fetch_timeout;
-    let mut state = State {
-        cds_done: !cfg.dynamic.cds,
-        lds_done: !cfg.dynamic.lds,
-        cfg,
-        clusters: BTreeMap::new(),
-        listeners: BTreeMap::new(),
-        versions: BTreeMap::new(),
-    };
+    let mut state = State::new(cfg);
     let ready_timer = {
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
@@ -197,7 +175,10 @@ async fn stream_once(proxy: &Proxy, state: &mut State) -> Result<(), StreamError
     while let Some(resp) = responses.message().await? {
         let reply = handle_response(proxy, state, resp, &node);
         tx.send(reply).await.map_err(|_| StreamError::Closed)?;
-        if state.cds_done && state.lds_done {
+        for req in subscription_changes(state, &node) {
+            tx.send(req).await.map_err(|_| StreamError::Closed)?;
+        }
+        if state.warm() {
             proxy.mark_ready();
         }
     }
@@ -210,32 +191,40 @@ fn tokio_stream_from(
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
 }
 
+/// RDS and EDS requests for names that changed since the last subscription.
+fn subscription_changes(state: &mut State, node: &Node) -> Vec<DiscoveryRequest> {
+    let mut out = Vec::new();
+    for type_url in [ENDPOINT_TYPE, ROUTE_TYPE] {
+        let wanted = state.wanted(type_url);
+        let current = state.subscribed.get(type_url);
+        // Nothing to say until something is wanted (an empty first request
+        // would be a wildcard subscription).
+        if current == Some(&wanted) || (current.is_none() && wanted.is_empty()) {
+            continue;
+        }
+        out.push(DiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: type_url.to_string(),
+            resource_names: wanted.iter().cloned().collect(),
+            version_info: state.versions.get(type_url).cloned().unwrap_or_default(),
+            response_nonce: state.nonces.get(type_url).cloned().unwrap_or_default(),
+            ..Default::default()
+        });
+        state.subscribed.insert(type_url, wanted);
+    }
+    out
+}
+
 /// Applies one response and returns its ACK or NACK.
 fn handle_response(proxy: &Proxy, state: &mut State, resp: DiscoveryResponse, node: &Node) -> DiscoveryRequest {
-    let type_url: &'static str = match resp.type_url.as_str() {
-        CLUSTER_TYPE => CLUSTER_TYPE,
-        LISTENER_TYPE => LISTENER_TYPE,
-        other => {
-            tracing::warn!(type_url = other, "xDS response of an unexpected type");
-            return nack(
-                resp.type_url.clone(),
-                String::new(),
-                resp.nonce,
-                node,
-                format!("unexpected type_url {other}"),
-            );
-        }
+    let Some(type_url) = known_type(&resp.type_url) else {
+        tracing::warn!(type_url = %resp.type_url, "xDS response of an unexpected type");
+        let detail = format!("unexpected type_url {}", resp.type_url);
+        return nack(resp.type_url.clone(), String::new(), resp.nonce, node, detail);
     };
-    let errors = match type_url {
-        CLUSTER_TYPE => apply_clusters(proxy, state, &resp.resources),
-        _ => apply_listeners(proxy, state, &resp.resources),
-    };
+    state.nonces.insert(type_url, resp.nonce.clone());
+    let errors = state.apply(proxy, type_url, &resp.resources);
     release_memory();
-    if type_url == CLUSTER_TYPE {
-        state.cds_done = true;
-    } else {
-        state.lds_done = true;
-    }
     if errors.is_empty() {
         tracing::info!(type_url, version = %resp.version_info, resources = resp.resources.len(), "xDS update applied (ACK)");
         state.versions.insert(type_url, resp.version_info.clone());
@@ -243,6 +232,11 @@ fn handle_response(proxy: &Proxy, state: &mut State, resp: DiscoveryResponse, no
             version_info: resp.version_info,
             response_nonce: resp.nonce,
             type_url: type_url.to_string(),
+            resource_names: state
+                .subscribed
+                .get(type_url)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
             node: Some(node.clone()),
             ..Default::default()
         }
@@ -250,7 +244,13 @@ fn handle_response(proxy: &Proxy, state: &mut State, resp: DiscoveryResponse, no
         let detail = errors.join("; ");
         tracing::warn!(type_url, version = %resp.version_info, error = %detail, "xDS update rejected (NACK)");
         let last = state.versions.get(type_url).cloned().unwrap_or_default();
-        nack(type_url.to_string(), last, resp.nonce, node, detail)
+        let mut req = nack(type_url.to_string(), last, resp.nonce, node, detail);
+        req.resource_names = state
+            .subscribed
+            .get(type_url)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        req
     }
 }
 
@@ -268,148 +268,4 @@ fn nack(type_url: String, version_info: String, nonce: String, node: &Node, mess
         }),
         ..Default::default()
     }
-}
-
-/// Decodes and translates each resource on its own; returns (name, result).
-fn translate_each<T>(
-    resources: &[Any],
-    message: &str,
-    known_clusters: Option<std::collections::HashSet<String>>,
-    translate: impl Fn(Msg<'_, '_>) -> Option<T>,
-    errors: &mut Vec<String>,
-) -> Vec<(String, Option<T>)> {
-    let pool = match ApiPool::load() {
-        Ok(p) => p,
-        Err(e) => {
-            errors.push(e.to_string());
-            return Vec::new();
-        }
-    };
-    let desc = match pool.message(message) {
-        Ok(d) => d,
-        Err(e) => {
-            errors.push(e.to_string());
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::new();
-    for (i, any) in resources.iter().enumerate() {
-        let expected = format!("type.googleapis.com/{message}");
-        if any.type_url != expected {
-            errors.push(format!("resources[{i}]: type {} in a {message} response", any.type_url));
-            continue;
-        }
-        let msg = match DynamicMessage::decode(desc.clone(), any.value.as_slice()) {
-            Ok(m) => m,
-            Err(e) => {
-                errors.push(format!("resources[{i}]: malformed {message}: {e}"));
-                continue;
-            }
-        };
-        let name = msg
-            .get_field_by_name("name")
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let ctx = Ctx::new(&pool);
-        if let Some(k) = &known_clusters {
-            ctx.set_known_clusters(k.clone());
-        }
-        let result = translate(Msg::new(msg, String::new(), &ctx));
-        let (errs, _warnings) = ctx.into_result();
-        let kind = message.rsplit('.').next().unwrap_or(message).to_ascii_lowercase();
-        if errs.is_empty() && result.is_some() {
-            out.push((name, result));
-        } else {
-            for e in errs {
-                errors.push(format!("{kind} '{name}': {e}"));
-            }
-            out.push((name, None));
-        }
-    }
-    out
-}
-
-fn apply_clusters(proxy: &Proxy, state: &mut State, resources: &[Any]) -> Vec<String> {
-    let mut errors = Vec::new();
-    let results = translate_each(
-        resources,
-        "envoy.config.cluster.v3.Cluster",
-        None,
-        translate::cluster,
-        &mut errors,
-    );
-    let mut next = BTreeMap::new();
-    for (name, result) in results {
-        if state.cfg.static_clusters.iter().any(|c| c.name == name) {
-            errors.push(format!("cluster '{name}': a static cluster has that name"));
-            continue;
-        }
-        match result {
-            Some(c) => {
-                next.insert(name, Arc::new(c));
-            }
-            // An invalid update keeps the cluster's last good version (Envoy).
-            None => {
-                if let Some(old) = state.clusters.get(&name) {
-                    next.insert(name, old.clone());
-                }
-            }
-        }
-    }
-    // State of the world: clusters absent from the response are removed.
-    state.clusters = next;
-    let all: Vec<_> = state
-        .cfg
-        .static_clusters
-        .iter()
-        .cloned()
-        .chain(state.clusters.values().cloned())
-        .collect();
-    proxy.apply_clusters(&all);
-    errors
-}
-
-fn apply_listeners(proxy: &Proxy, state: &mut State, resources: &[Any]) -> Vec<String> {
-    let mut errors = Vec::new();
-    // Inline routes are checked against the clusters in force (Envoy's
-    // validate_clusters is on for route configs given inline).
-    let known = state
-        .cfg
-        .static_clusters
-        .iter()
-        .map(|c| c.name.clone())
-        .chain(state.clusters.keys().cloned())
-        .collect();
-    let results = translate_each(
-        resources,
-        "envoy.config.listener.v3.Listener",
-        Some(known),
-        translate::listener,
-        &mut errors,
-    );
-    let mut next = BTreeMap::new();
-    for (name, result) in results {
-        match result {
-            Some(l) => {
-                next.insert(name, Arc::new(l));
-            }
-            None => {
-                if let Some(old) = state.listeners.get(&name) {
-                    next.insert(name, old.clone());
-                }
-            }
-        }
-    }
-    let all: Vec<_> = state
-        .cfg
-        .static_listeners
-        .iter()
-        .cloned()
-        .chain(next.values().cloned())
-        .collect();
-    if let Err(e) = proxy.apply_listeners(&all) {
-        errors.push(e.to_string());
-    }
-    state.listeners = next;
-    errors
 }
