@@ -74,6 +74,7 @@ impl Proxy {
             draining: false.into(),
             loaded_at: SystemTime::now(),
             quit: CancellationToken::new(),
+            xds: Default::default(),
         });
         // The admin server outlives the drain (so /ready can say DRAINING) and stops after it.
         let admin_stop = CancellationToken::new();

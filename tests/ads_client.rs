@@ -244,6 +244,31 @@ async fn ads_sotw_serves_updates_nacks_bad_ones_and_resubscribes() {
     assert!(detail.contains("match.safe_regex.regex: invalid regex"), "{detail}");
     assert_eq!(c.get("x", "/").await.json()["upstream"], "b");
 
+    // The admin endpoints say what is in force and what was rejected, and why.
+    let dump = admin.get("a", "/config_dump").await.json();
+    let lds_status = &dump["configs"][1]["xds"]["types"][LDS];
+    assert_eq!(lds_status["version"], "l2");
+    let http = &lds_status["resources"]["http"];
+    assert_eq!(http["version"], "l2");
+    assert_eq!(http["error_state"]["version"], "l3");
+    assert!(
+        http["error_state"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("invalid regex"),
+        "{http}"
+    );
+    let stats = admin.get("a", "/stats/prometheus").await.text();
+    assert!(stats.contains("envoy_control_plane_connected_state 1"), "{stats}");
+    assert!(
+        stats.contains("envoy_xds_update_rejected{envoy_xds_type=\"Listener\"} 1"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("envoy_xds_update_success{envoy_xds_type=\"Listener\"} 2"),
+        "{stats}"
+    );
+
     // A cluster removed from the state of the world is gone.
     let ack = conn.push(CDS, "c2", "n5", vec![cluster_res("b", b.addr)]).await;
     assert!(ack.error_detail.is_none());

@@ -33,6 +33,8 @@ pub struct AdminState {
     pub loaded_at: SystemTime,
     /// Cancelled by `/quitquitquit`: the proxy then drains and exits.
     pub quit: CancellationToken,
+    /// What the ADS client last heard and did (absent without xDS).
+    pub xds: std::sync::Mutex<crate::xds::status::XdsStatus>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -83,7 +85,13 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         (&Method::GET, "/stats/prometheus") => {
-            let mut r = text(StatusCode::OK, state.registry.prometheus());
+            let mut body = state.registry.prometheus();
+            if let Ok(x) = state.xds.lock() {
+                if x.server.is_some() {
+                    body.push_str(&x.prometheus());
+                }
+            }
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=UTF-8"),
@@ -91,11 +99,19 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             r
         }
         (&Method::GET, "/config_dump") => {
+            let xds = state
+                .xds
+                .lock()
+                .map(|x| serde_json::to_value(&*x).unwrap_or_default())
+                .unwrap_or_default();
             let dump = serde_json::json!({
                 "configs": [{
                     "@type": "remora.admin.BootstrapConfigDump",
                     "last_updated": humantime(state.loaded_at),
                     "bootstrap": &**state.config.load(),
+                }, {
+                    "@type": "remora.admin.XdsConfigDump",
+                    "xds": xds,
                 }]
             });
             let body = serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));

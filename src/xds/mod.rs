@@ -4,6 +4,7 @@
 
 pub mod ads;
 pub mod decode;
+pub mod status;
 pub mod translate;
 
 use decode::ApiPool;

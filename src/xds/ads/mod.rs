@@ -83,6 +83,9 @@ impl AdsConfig {
 /// passed, as Envoy does.
 pub async fn run(proxy: Arc<Proxy>, cfg: AdsConfig, shutdown: CancellationToken) {
     let fetch_timeout = cfg.dynamic.initial_fetch_timeout;
+    if let Ok(mut status) = proxy.state.xds.lock() {
+        status.server = Some(cfg.server.to_string());
+    }
     let mut state = State::new(cfg);
     let ready_timer = {
         let proxy = proxy.clone();
@@ -106,6 +109,7 @@ pub async fn run(proxy: Arc<Proxy>, cfg: AdsConfig, shutdown: CancellationToken)
             r = stream_once(&proxy, &mut state) => r,
             _ = shutdown.cancelled() => break,
         };
+        set_connected(&proxy, false);
         match result {
             Ok(()) => tracing::warn!(server = %state.cfg.server, "xDS stream closed by the server; reconnecting"),
             Err(e) => tracing::warn!(server = %state.cfg.server, error = %e, "xDS stream failed; reconnecting"),
@@ -125,6 +129,12 @@ pub async fn run(proxy: Arc<Proxy>, cfg: AdsConfig, shutdown: CancellationToken)
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     ready_timer.abort();
+}
+
+fn set_connected(proxy: &Proxy, connected: bool) {
+    if let Ok(mut status) = proxy.state.xds.lock() {
+        status.connected = connected;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +182,7 @@ async fn stream_once(proxy: &Proxy, state: &mut State) -> Result<(), StreamError
         .await?
         .into_inner();
     tracing::info!(server = %state.cfg.server, "xDS stream open");
+    set_connected(proxy, true);
     while let Some(resp) = responses.message().await? {
         let reply = handle_response(proxy, state, resp, &node);
         tx.send(reply).await.map_err(|_| StreamError::Closed)?;
@@ -223,8 +234,14 @@ fn handle_response(proxy: &Proxy, state: &mut State, resp: DiscoveryResponse, no
         return nack(resp.type_url.clone(), String::new(), resp.nonce, node, detail);
     };
     state.nonces.insert(type_url, resp.nonce.clone());
-    let errors = state.apply(proxy, type_url, &resp.resources);
+    let report = state.apply(proxy, type_url, &resp.resources);
     release_memory();
+    if let Ok(mut status) = proxy.state.xds.lock() {
+        status.record(type_url, &resp.version_info, &report.accepted, &report.rejected);
+        let names = state.names(type_url);
+        status.retain(type_url, |n| names.contains(n));
+    }
+    let errors = report.errors;
     if errors.is_empty() {
         tracing::info!(type_url, version = %resp.version_info, resources = resp.resources.len(), "xDS update applied (ACK)");
         state.versions.insert(type_url, resp.version_info.clone());

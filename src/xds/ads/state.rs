@@ -36,6 +36,15 @@ pub fn known_type(url: &str) -> Option<&'static str> {
         .find(|t| *t == url)
 }
 
+/// What one response did: resources accepted, resources rejected (with
+/// their errors), and every error for the NACK's error_detail.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub accepted: Vec<String>,
+    pub rejected: Vec<(String, String)>,
+    pub errors: Vec<String>,
+}
+
 pub struct State {
     pub cfg: AdsConfig,
     clusters: BTreeMap<String, Arc<config::Cluster>>,
@@ -70,9 +79,9 @@ impl State {
         }
     }
 
-    /// Applies one response's resources; returns what failed, per resource.
-    pub fn apply(&mut self, proxy: &Proxy, type_url: &'static str, resources: &[Any]) -> Vec<String> {
-        let mut errors = Vec::new();
+    /// Applies one response's resources; reports what was accepted and what failed.
+    pub fn apply(&mut self, proxy: &Proxy, type_url: &'static str, resources: &[Any]) -> Report {
+        let mut report = Report::default();
         match type_url {
             CLUSTER_TYPE => {
                 let results = translate_each(
@@ -80,12 +89,14 @@ impl State {
                     "envoy.config.cluster.v3.Cluster",
                     None,
                     translate::cluster,
-                    &mut errors,
+                    &mut report,
                 );
                 let mut next = BTreeMap::new();
                 for (name, result) in results {
                     if self.cfg.static_clusters.iter().any(|c| c.name == name) {
-                        errors.push(format!("cluster '{name}': a static cluster has that name"));
+                        report
+                            .errors
+                            .push(format!("cluster '{name}': a static cluster has that name"));
                         continue;
                     }
                     // An invalid update keeps the cluster's last good version (Envoy).
@@ -98,7 +109,7 @@ impl State {
                 self.cds_done = true;
                 proxy.apply_clusters(&self.effective_clusters());
                 // Routes may name clusters that just arrived or left.
-                self.apply_listeners(proxy, &mut errors);
+                self.apply_listeners(proxy, &mut report.errors);
             }
             ENDPOINT_TYPE => {
                 let results = translate_each(
@@ -106,7 +117,7 @@ impl State {
                     "envoy.config.endpoint.v3.ClusterLoadAssignment",
                     None,
                     translate::cluster_load_assignment,
-                    &mut errors,
+                    &mut report,
                 );
                 // Not a complete set: assignments not named keep theirs.
                 for (name, result) in results {
@@ -125,7 +136,7 @@ impl State {
                     "envoy.config.listener.v3.Listener",
                     Some(known),
                     translate::listener,
-                    &mut errors,
+                    &mut report,
                 );
                 let mut next = BTreeMap::new();
                 for (name, result) in results {
@@ -135,7 +146,7 @@ impl State {
                 }
                 self.listeners = next;
                 self.lds_done = true;
-                self.apply_listeners(proxy, &mut errors);
+                self.apply_listeners(proxy, &mut report.errors);
             }
             ROUTE_TYPE => {
                 let results = translate_each(
@@ -143,7 +154,7 @@ impl State {
                     "envoy.config.route.v3.RouteConfiguration",
                     None,
                     translate::route_configuration,
-                    &mut errors,
+                    &mut report,
                 );
                 for (name, result) in results {
                     if let Some(rc) = result {
@@ -152,11 +163,22 @@ impl State {
                 }
                 let wanted = self.wanted(ROUTE_TYPE);
                 self.routes.retain(|k, _| wanted.contains(k));
-                self.apply_listeners(proxy, &mut errors);
+                self.apply_listeners(proxy, &mut report.errors);
             }
-            _ => errors.push(format!("unexpected type_url {type_url}")),
+            _ => report.errors.push(format!("unexpected type_url {type_url}")),
         }
-        errors
+        report
+    }
+
+    /// The names of the resources of a type now in force.
+    pub fn names(&self, type_url: &str) -> BTreeSet<String> {
+        match type_url {
+            CLUSTER_TYPE => self.clusters.keys().cloned().collect(),
+            LISTENER_TYPE => self.listeners.keys().cloned().collect(),
+            ROUTE_TYPE => self.routes.keys().cloned().collect(),
+            ENDPOINT_TYPE => self.assignments.keys().cloned().collect(),
+            _ => BTreeSet::new(),
+        }
     }
 
     fn cluster_names(&self) -> HashSet<String> {
@@ -265,19 +287,19 @@ fn translate_each<T>(
     message: &str,
     known_clusters: Option<HashSet<String>>,
     translate: impl Fn(Msg<'_, '_>) -> Option<T>,
-    errors: &mut Vec<String>,
+    report: &mut Report,
 ) -> Vec<(String, Option<T>)> {
     let pool = match ApiPool::load() {
         Ok(p) => p,
         Err(e) => {
-            errors.push(e.to_string());
+            report.errors.push(e.to_string());
             return Vec::new();
         }
     };
     let desc = match pool.message(message) {
         Ok(d) => d,
         Err(e) => {
-            errors.push(e.to_string());
+            report.errors.push(e.to_string());
             return Vec::new();
         }
     };
@@ -286,13 +308,15 @@ fn translate_each<T>(
     let mut out = Vec::new();
     for (i, any) in resources.iter().enumerate() {
         if any.type_url != expected {
-            errors.push(format!("resources[{i}]: type {} in a {kind} response", any.type_url));
+            report
+                .errors
+                .push(format!("resources[{i}]: type {} in a {kind} response", any.type_url));
             continue;
         }
         let msg = match DynamicMessage::decode(desc.clone(), any.value.as_slice()) {
             Ok(m) => m,
             Err(e) => {
-                errors.push(format!("resources[{i}]: malformed {kind}: {e}"));
+                report.errors.push(format!("resources[{i}]: malformed {kind}: {e}"));
                 continue;
             }
         };
@@ -312,11 +336,14 @@ fn translate_each<T>(
         let result = translate(Msg::new(msg, String::new(), &ctx));
         let (errs, _warnings) = ctx.into_result();
         if errs.is_empty() && result.is_some() {
+            report.accepted.push(name.clone());
             out.push((name, result));
         } else {
-            for e in errs {
-                errors.push(format!("{kind} '{name}': {e}"));
+            let detail = errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+            for e in &errs {
+                report.errors.push(format!("{kind} '{name}': {e}"));
             }
+            report.rejected.push((name.clone(), detail));
             out.push((name, None));
         }
     }
