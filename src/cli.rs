@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `demo`. Exit codes: 0 success, 1 a
+//! The command line: `run`, `check`, `demo`, `control-plane`. Exit codes: 0 success, 1 a
 //! runtime failure (a port that cannot be bound...), 2 invalid config or usage.
 
 use std::{path::PathBuf, time::Duration};
@@ -40,6 +40,16 @@ pub enum Command {
         #[arg(long, default_value_t = 200)]
         requests: u32,
     },
+    /// Serve a directory of xDS resources (Envoy JSON/YAML) over ADS, SotW and Delta, to every node;
+    /// push a new version when the files change; log every ACK and NACK.
+    ControlPlane {
+        /// Directory of resource files (*.yaml, *.yml, *.json; each one resource with an @type, or a list).
+        #[arg(long)]
+        fixtures: PathBuf,
+        /// Address to serve gRPC on.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,6 +81,9 @@ pub fn main() -> i32 {
         Command::Check { config } => check(&config),
         Command::Run(args) => run(args),
         Command::Demo { requests } => runtime(2).map_or(EXIT_RUNTIME, |rt| rt.block_on(crate::demo::run(requests))),
+        Command::ControlPlane { fixtures, listen } => runtime(1).map_or(EXIT_RUNTIME, |rt| {
+            rt.block_on(crate::controlplane::run(fixtures, listen))
+        }),
     }
 }
 

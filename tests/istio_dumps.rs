@@ -91,7 +91,7 @@ fn every_istio_resource_is_accepted_or_rejected_with_a_reason() {
     }
     println!("\n{total} resources, {accepted} accepted. Most common reasons for rejection:");
     let mut top: Vec<_> = reasons.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|r| std::cmp::Reverse(r.1));
     for (reason, n) in top.iter().take(15) {
         println!("  {n:4}  {reason}");
     }
