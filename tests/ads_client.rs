@@ -431,5 +431,24 @@ async fn ads_follows_rds_and_eds_references_and_warms_before_serving() {
     assert!(detail.contains("RouteConfiguration 'main'"), "{detail}");
     assert!(detail.contains("retry_policy"), "{detail}");
     assert_eq!(c.get("x", "/").await.status, 200);
+
+    // After a reconnect, the RDS and EDS names held are subscribed again,
+    // with the versions held, and traffic never stopped.
+    conn.responses
+        .send(Err(Status::unavailable("restarting")))
+        .await
+        .unwrap();
+    drop(conn);
+    let mut conn = within("reconnect", conns.recv()).await.unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let r = conn.next_request().await;
+        seen.insert(r.type_url.clone(), (r.version_info.clone(), r.resource_names.clone()));
+    }
+    assert_eq!(seen[CDS].0, "c1");
+    assert_eq!(seen[LDS].0, "l1");
+    assert_eq!(seen[EDS], ("e2".to_string(), vec!["a-svc".to_string()]));
+    assert_eq!(seen[RDS], ("r1".to_string(), vec!["main".to_string()]));
+    assert_eq!(c.get("x", "/").await.status, 200);
     stop.cancel();
 }

@@ -177,6 +177,13 @@ async fn stream_once(proxy: &Proxy, state: &mut State) -> Result<(), StreamError
             tx.send(req).await.map_err(|_| StreamError::Closed)?;
         }
     }
+    // RDS and EDS names held from before a reconnect are subscribed again;
+    // a new stream has no nonces.
+    state.nonces.clear();
+    state.subscribed.clear();
+    for req in subscription_changes(state, &node) {
+        tx.send(req).await.map_err(|_| StreamError::Closed)?;
+    }
     let mut responses = client
         .stream_aggregated_resources(tokio_stream_from(rx))
         .await?
