@@ -485,15 +485,15 @@ async fn delta_sends_what_changed_and_removals() {
     served.shutdown().await;
 }
 
-/// A bootstrap for remora's ADS client against `xds`.
-fn ads_bootstrap(xds: SocketAddr) -> String {
+/// A bootstrap for remora's ADS client against `xds` (`api_type` GRPC or DELTA_GRPC).
+fn ads_bootstrap(xds: SocketAddr, api_type: &str) -> String {
     format!(
         r#"node: {{ id: "{NODE}", cluster: productpage }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services:
     - envoy_grpc: {{ cluster_name: xds }}
@@ -506,9 +506,17 @@ static_resources:
     )
 }
 
-/// remora itself, taking its config from `served`.
+/// remora itself, taking its config from `served` (state of the world).
 async fn remora_client(served: &Served) -> (Arc<remora::proxy::Proxy>, tokio_util::sync::CancellationToken) {
-    let boot = remora::xds::parse_bootstrap("t.yaml", &ads_bootstrap(served.addr)).unwrap_or_else(|e| panic!("{e}"));
+    remora_client_with(served, "GRPC").await
+}
+
+async fn remora_client_with(
+    served: &Served,
+    api_type: &str,
+) -> (Arc<remora::proxy::Proxy>, tokio_util::sync::CancellationToken) {
+    let boot =
+        remora::xds::parse_bootstrap("t.yaml", &ads_bootstrap(served.addr, api_type)).unwrap_or_else(|e| panic!("{e}"));
     let ads = remora::xds::ads::AdsConfig::from_bootstrap(&boot)
         .expect("ads config")
         .expect("dynamic resources");
@@ -516,6 +524,66 @@ async fn remora_client(served: &Served) -> (Arc<remora::proxy::Proxy>, tokio_uti
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(remora::xds::ads::run(proxy.clone(), ads, stop.clone()));
     (proxy, stop)
+}
+
+/// The sidecar fixture with this test's ports: listeners on free ports,
+/// endpoints on the given upstreams.
+fn sidecar_dir(app: SocketAddr, reviews: SocketAddr) -> TempDir {
+    let dir = TempDir::copy_of("sidecar");
+    dir.edit("listeners.yaml", |t| {
+        t.replace("port_value: 15006", "port_value: 0")
+            .replace("port_value: 15001", "port_value: 0")
+            .replace("address: 0.0.0.0", "address: 127.0.0.1")
+    });
+    dir.edit("clusters.yaml", |t| {
+        t.replace("port_value: 9080", &format!("port_value: {}", app.port()))
+            .replace("port_value: 19081", &format!("port_value: {}", reviews.port()))
+            .replace("port_value: 19082", &format!("port_value: {}", reviews.port()))
+    });
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remora_over_delta_takes_the_sidecar_and_follows_file_changes() {
+    let reviews = upstream("reviews").await;
+    let reviews2 = upstream("reviews2").await;
+    let app = upstream("productpage").await;
+    let dir = sidecar_dir(app.addr, reviews.addr);
+    let served = serve(ControlPlane::from_dir(&dir.0).expect("loads")).await;
+    let (proxy, stop) = remora_client_with(&served, "DELTA_GRPC").await;
+    let cds = served.record("remora's delta CDS answer", |r| r.type_url == CDS).await;
+    assert_eq!((cds.protocol, cds.error.as_deref()), (Protocol::Delta, None));
+    let lds = served.record("remora's delta LDS answer", |r| r.type_url == LDS).await;
+    assert_eq!(lds.error, None);
+    let outbound = eventually("the outbound listener", || {
+        let addr = proxy.listener("virtualOutbound");
+        async move { addr }
+    })
+    .await;
+    let mut c = H1::connect(outbound).await;
+    assert_eq!(c.get("reviews:9080", "/").await.json()["upstream"], "reviews");
+    // The reviews endpoints move: the control plane pushes only what changed.
+    dir.edit("clusters.yaml", |t| {
+        t.replace(
+            &format!("port_value: {}", reviews.addr.port()),
+            &format!("port_value: {}", reviews2.addr.port()),
+        )
+    });
+    eventually("traffic follows the delta update", || {
+        let addr = outbound;
+        async move {
+            let up = H1::connect(addr).await.get("reviews:9080", "/").await.json()["upstream"].clone();
+            (up == "reviews2").then_some(())
+        }
+    })
+    .await;
+    let acks = served.cp.acks();
+    assert!(
+        acks.iter().all(|r| r.protocol == Protocol::Delta && !r.is_nack()),
+        "{acks:?}"
+    );
+    stop.cancel();
+    served.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

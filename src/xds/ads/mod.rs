@@ -4,14 +4,16 @@
 //! bootstraps; what translates is applied to the running proxy, and the last
 //! good config keeps serving whatever happens to the stream.
 //!
-//! State of the world only for now (Delta is rejected in the bootstrap).
-//! CDS and LDS are wildcard subscriptions; RDS and EDS subscriptions follow the
-//! names the listeners and clusters refer to (see `state.rs`).
+//! State of the world here, incremental (Delta) in `delta.rs`, chosen by the
+//! bootstrap's `api_type`. CDS and LDS are wildcard subscriptions; RDS and EDS
+//! subscriptions follow the names the listeners and clusters refer to (see
+//! `state.rs`, which both variants share).
 //!
 //! Per Envoy, within one response each resource stands alone: the valid
 //! ones are applied, an invalid one keeps its previous version (if any), and
 //! the response is NACKed naming every resource and field that failed.
 
+mod delta;
 mod state;
 
 use std::{
@@ -147,20 +149,32 @@ enum StreamError {
     Closed,
 }
 
-async fn stream_once(proxy: &Proxy, state: &mut State) -> Result<(), StreamError> {
+type Client = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+
+async fn connect(state: &State) -> Result<Client, StreamError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", state.cfg.server))
         .map_err(StreamError::Connect)?
         .connect_timeout(state.cfg.connect_timeout);
     let channel = endpoint.connect().await?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        // A large EDS or CDS response can be tens of MB.
-        .max_decoding_message_size(64 * 1024 * 1024);
-    let (tx, rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(16);
-    let node = Node {
+    // A large EDS or CDS response can be tens of MB.
+    Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+fn node_of(state: &State) -> Node {
+    Node {
         id: state.cfg.node.id.clone(),
         cluster: state.cfg.node.cluster.clone(),
         ..Default::default()
-    };
+    }
+}
+
+async fn stream_once(proxy: &Proxy, state: &mut State) -> Result<(), StreamError> {
+    if state.cfg.dynamic.delta {
+        return delta::stream_once(proxy, state).await;
+    }
+    let mut client = connect(state).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(16);
+    let node = node_of(state);
     // Subscribe (again, after a reconnect) with the versions we hold, CDS
     // first: listeners refer to clusters.
     for (enabled, type_url) in [
@@ -203,9 +217,7 @@ async fn stream_once(proxy: &Proxy, state: &mut State) -> Result<(), StreamError
     Ok(())
 }
 
-fn tokio_stream_from(
-    rx: tokio::sync::mpsc::Receiver<DiscoveryRequest>,
-) -> impl futures_util::Stream<Item = DiscoveryRequest> {
+fn tokio_stream_from<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
 }
 

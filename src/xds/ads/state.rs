@@ -60,6 +60,8 @@ pub struct State {
     pub subscribed: BTreeMap<&'static str, BTreeSet<String>>,
     pub cds_done: bool,
     pub lds_done: bool,
+    /// Delta only: the resources held per type, with their versions.
+    pub raw: BTreeMap<&'static str, BTreeMap<String, (String, Any)>>,
 }
 
 impl State {
@@ -76,6 +78,7 @@ impl State {
             versions: BTreeMap::new(),
             nonces: BTreeMap::new(),
             subscribed: BTreeMap::new(),
+            raw: BTreeMap::new(),
         }
     }
 

@@ -130,13 +130,7 @@ fn dynamic_resources(mut m: Msg<'_, '_>) -> Option<config::DynamicResources> {
     let api_type = ads.enum_name("api_type");
     let delta = match api_type.as_str() {
         "GRPC" => false,
-        "DELTA_GRPC" => {
-            ads.field_error(
-                "api_type",
-                "DELTA_GRPC is not supported yet (use GRPC, state of the world)",
-            );
-            true
-        }
+        "DELTA_GRPC" => true,
         other => {
             ads.field_error("api_type", format!("{other} is not supported (GRPC or DELTA_GRPC)"));
             false
