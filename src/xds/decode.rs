@@ -38,15 +38,15 @@ impl ApiPool {
 
     /// Decodes a JSON value as the message `full_name`. Unknown fields and
     /// unknown `@type`s are errors, every one reported with its field path.
-    pub fn decode_value(&self, full_name: &str, value: Value) -> Result<DynamicMessage, Errors> {
+    pub fn decode_value(&self, full_name: &str, mut value: Value) -> Result<DynamicMessage, Errors> {
         let desc = self.message(full_name).map_err(Errors::one)?;
+        self.wrap_foreign_telemetry(&mut value);
         // Report every unknown @type up front (the decoder stops at the first error).
         let mut errors = Errors::default();
         self.check_type_urls(&value, &mut String::new(), &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut value = value;
         self.normalize_enums(&mut value, &desc);
         let mut track = serde_path_to_error::Track::new();
         let de = serde_path_to_error::Deserializer::new(value, &mut track);
@@ -107,6 +107,35 @@ impl ApiPool {
                 Value::Object(entries) if field.is_map() => entries.values_mut().for_each(&mut visit),
                 other => visit(other),
             }
+        }
+    }
+
+    /// Istio's telemetry-only extension types are not in Envoy's API. In JSON
+    /// they are rewritten as a TypedStruct naming the original type, which is
+    /// how they arrive over xDS too, so translation sees one shape.
+    fn wrap_foreign_telemetry(&self, value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                let foreign = match map.get("@type") {
+                    Some(Value::String(url)) => {
+                        let name = url.rsplit('/').next().unwrap_or(url);
+                        (self.pool.get_message_by_name(name).is_none() && super::translate::is_telemetry_only(name))
+                            .then(|| url.clone())
+                    }
+                    _ => None,
+                };
+                match foreign {
+                    Some(url) => {
+                        *value = serde_json::json!({
+                            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                            "type_url": url,
+                        });
+                    }
+                    None => map.values_mut().for_each(|v| self.wrap_foreign_telemetry(v)),
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.wrap_foreign_telemetry(v)),
+            _ => {}
         }
     }
 

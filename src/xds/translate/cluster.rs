@@ -102,6 +102,29 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
     m.ignore("dns_refresh_rate");
     m.ignore("upstream_connection_options");
     m.ignore("track_cluster_stats");
+    for mut f in m.list("filters") {
+        let fname = f.string("name");
+        match f.any("typed_config") {
+            Some((t, inner)) => {
+                let ext = super::extension_name(&t, &inner);
+                inner.abandon();
+                if super::is_telemetry_only(&ext) {
+                    f.ctx().warn(
+                        &f.path,
+                        format!(
+                            "upstream filter '{fname}' ({ext}) only feeds telemetry remora does not produce; skipped"
+                        ),
+                    );
+                } else {
+                    f.field_error(
+                        "typed_config",
+                        format!("upstream filter '{fname}' ({ext}) is not supported yet"),
+                    );
+                }
+            }
+            None => f.error(format!("upstream filter '{fname}' needs a typed_config")),
+        }
+    }
     m.ignore("cleanup_interval");
     m.ignore("close_connections_on_host_health_failure");
     m.ignore("ignore_health_on_host_removal");

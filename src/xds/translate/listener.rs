@@ -167,11 +167,21 @@ fn filter_chain(mut m: Msg<'_, '_>) -> Option<config::NetworkFilter> {
         let name = f.string("name");
         match f.any("typed_config") {
             Some((t, inner)) => {
+                let ext = super::extension_name(&t, &inner);
                 inner.abandon();
-                f.field_error(
-                    "typed_config",
-                    format!("network filter '{name}' ({t}) is not supported yet"),
-                );
+                if super::is_telemetry_only(&ext) {
+                    m.ctx().warn(
+                        &f.path,
+                        format!(
+                            "network filter '{name}' ({ext}) only feeds telemetry remora does not produce; skipped"
+                        ),
+                    );
+                } else {
+                    f.field_error(
+                        "typed_config",
+                        format!("network filter '{name}' ({ext}) is not supported yet"),
+                    );
+                }
             }
             None => f.error(format!("network filter '{name}' needs a typed_config")),
         }
@@ -292,8 +302,14 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
                 );
             }
             Some((t, inner)) => {
+                let t = super::extension_name(&t, &inner);
                 inner.abandon();
-                if optional {
+                if super::is_telemetry_only(&t) {
+                    m.ctx().warn(
+                        &f.path,
+                        format!("HTTP filter '{name}' ({t}) only feeds telemetry remora does not produce; skipped"),
+                    );
+                } else if optional {
                     // As Envoy: an optional filter whose type is unavailable is skipped.
                     m.ctx().warn(
                         &f.path,

@@ -29,6 +29,42 @@ pub fn cluster(m: Msg<'_, '_>) -> Option<crate::config::Cluster> {
     cluster::cluster(m)
 }
 
+/// Extension types that only feed telemetry remora does not produce yet. A
+/// filter of one of these is skipped with a warning (shown by `check` and
+/// `/config_dump`) rather than rejecting the whole listener, so a real istiod
+/// config is not NACKed for its stats plumbing. Filters that change traffic
+/// (Istio's ALPN override, authn, internal-address rewriting, Wasm) stay
+/// rejected until implemented.
+pub const TELEMETRY_ONLY: &[&str] = &[
+    // Istio's stats filter (HTTP and TCP), bare or in a TypedStruct.
+    "stats.PluginConfig",
+    // Istio's peer metadata exchange (TCP filter and upstream cluster filter).
+    "envoy.tcp.metadataexchange.config.MetadataExchange",
+    "io.istio.http.peer_metadata.Config",
+    // Istio's baggage propagation of workload metadata.
+    "io.istio.http.connect_baggage.Config",
+    // Envoy's gRPC stats filter.
+    "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+];
+
+const TYPED_STRUCTS: &[&str] = &["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
+
+/// The extension a typed_config names: its type, or for a TypedStruct the
+/// type it wraps.
+pub fn extension_name(type_name: &str, m: &Msg<'_, '_>) -> String {
+    if TYPED_STRUCTS.contains(&type_name) {
+        if let Some(inner) = m.peek_string("type_url") {
+            return inner.rsplit('/').next().unwrap_or(&inner).to_string();
+        }
+    }
+    type_name.to_string()
+}
+
+/// Whether an extension only feeds telemetry (see [`TELEMETRY_ONLY`]).
+pub fn is_telemetry_only(extension: &str) -> bool {
+    TELEMETRY_ONLY.contains(&extension)
+}
+
 /// One xDS RouteConfiguration resource.
 pub fn route_configuration(m: Msg<'_, '_>) -> Option<crate::config::RouteConfig> {
     route::route_config(m)

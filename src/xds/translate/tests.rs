@@ -230,3 +230,36 @@ fn optional_unsupported_http_filter_is_skipped_as_envoy_does() {
         b.ignored
     );
 }
+
+#[test]
+fn istio_telemetry_filters_are_skipped_with_a_warning_and_traffic_filters_rejected() {
+    let with_filter = |typed_config: &str| {
+        bootstrap("route: { cluster: c }", "", "").replace(
+            "          http_filters:\n",
+            &format!("          http_filters:\n          - {{ name: istio.stats, typed_config: {typed_config} }}\n"),
+        )
+    };
+    // Bare (JSON/YAML: not in Envoy's API) and wrapped in a TypedStruct (as istiod sends it).
+    for tc in [
+        r#"{ "@type": type.googleapis.com/stats.PluginConfig, disable_host_header_fallback: true }"#,
+        r#"{ "@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/stats.PluginConfig, value: {} }"#,
+    ] {
+        let b = crate::xds::parse_bootstrap("t.yaml", &with_filter(tc)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            b.ignored
+                .iter()
+                .any(|w| w.contains("HTTP filter 'istio.stats' (stats.PluginConfig) only feeds telemetry")),
+            "{:?}",
+            b.ignored
+        );
+    }
+    // Istio's ALPN override changes traffic: rejected, naming the wrapped type.
+    let alpn = r#"{ "@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig, value: {} }"#;
+    let errors = errors_of(&with_filter(alpn));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("(istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig) is not supported yet")),
+        "{errors:?}"
+    );
+}
