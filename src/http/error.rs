@@ -1,8 +1,17 @@
 //! The one place that classifies why a request failed: which side, the HTTP
-//! status, the Envoy response flag, and the local-reply body, so logs, stats
-//! and answers always agree. Bodies follow Envoy's local replies.
+//! status, the Envoy response flag, and the local reply (`local_reply`), so
+//! logs, stats and answers always agree. Bodies follow Envoy's local replies.
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{
+    header::{self, HeaderName, HeaderValue},
+    Response, StatusCode,
+};
+
+use super::body::ProxyBody;
+
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -176,4 +185,32 @@ pub fn classify_upstream(e: &hyper::Error) -> ProxyError {
     } else {
         ProxyError::UpstreamReset(e.to_string())
     }
+}
+
+/// A local reply: plain text for HTTP, trailers-only gRPC status for gRPC
+/// requests (as Envoy converts local replies for gRPC clients).
+pub fn local_reply(e: &ProxyError, grpc: bool) -> Response<ProxyBody> {
+    let body = e.body();
+    if grpc {
+        let mut resp = Response::new(ProxyBody::empty());
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(&GRPC_STATUS, HeaderValue::from(e.grpc_status() as u16));
+        if let Ok(v) = HeaderValue::from_str(&body) {
+            if !body.is_empty() {
+                h.insert(&GRPC_MESSAGE, v);
+            }
+        }
+        return resp;
+    }
+    let len = body.len();
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = e.status();
+    if len > 0 {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
 }

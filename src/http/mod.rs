@@ -6,6 +6,7 @@ pub mod client;
 pub mod error;
 pub mod headers;
 pub mod proxy;
+mod request;
 pub mod route;
 pub mod server;
 pub mod upgrade;

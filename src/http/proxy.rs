@@ -3,18 +3,13 @@
 //! and send the response back with the route's header mutations. Failures
 //! become local replies classified in `error.rs`.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Instant as StdInstant, SystemTime},
-};
+use std::{net::SocketAddr, sync::Arc, time::Instant as StdInstant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{
     header::{self, HeaderName, HeaderValue},
     uri::{Authority, PathAndQuery, Scheme},
-    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -23,8 +18,9 @@ use tokio::time::Instant;
 use super::{
     body::ProxyBody,
     client::Release,
-    error::ProxyError,
+    error::{local_reply, ProxyError},
     headers::{apply_request_ops, apply_response_ops, sanitize, strip_hop_by_hop, upgrade_type, Sanitize},
+    request::{append_xff, new_request_id, request_host, validate, LoggedRequest},
     route::{is_grpc, RouteTable},
 };
 use crate::{
@@ -40,14 +36,11 @@ use crate::{
 };
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Everything one HTTP connection manager needs, built once per config.
 pub struct HttpProxy {
@@ -534,179 +527,4 @@ impl HttpProxy {
             sink.write(&format.render(&entry));
         }
     }
-}
-
-/// The parts of a request the access log needs after the request is gone.
-struct LoggedRequest {
-    start: SystemTime,
-    protocol: &'static str,
-    method: String,
-    path: String,
-    authority: String,
-    headers: HeaderMap,
-}
-
-impl LoggedRequest {
-    fn capture(req: &Request<Incoming>) -> LoggedRequest {
-        LoggedRequest {
-            start: SystemTime::now(),
-            protocol: match req.version() {
-                Version::HTTP_2 => "HTTP/2",
-                Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            },
-            method: req.method().to_string(),
-            path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-            authority: request_host(req).to_string(),
-            headers: req.headers().clone(),
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        match name {
-            ":method" => Some(self.method.clone()),
-            ":path" => Some(self.path.clone()),
-            ":authority" | "host" => Some(self.authority.clone()),
-            n => self.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string),
-        }
-    }
-}
-
-/// Downstream protocol checks Envoy's codec and connection manager make
-/// before routing (the rest hyper's parser already enforces).
-fn validate(req: &Request<Incoming>) -> Result<(), ProxyError> {
-    if req.version() == Version::HTTP_2 {
-        if req.uri().authority().is_none() && !req.headers().contains_key(header::HOST) {
-            return Err(ProxyError::BadRequest("missing_host_header"));
-        }
-        return Ok(());
-    }
-    // accept_http_10 is off by default: HTTP/1.0 is refused with 426.
-    if req.version() < Version::HTTP_11 {
-        return Err(ProxyError::Http10NotAllowed);
-    }
-    if !is_known_method(req.method()) {
-        return Err(ProxyError::Codec("unknown method"));
-    }
-    let h = req.headers();
-    // Both framings at once is a request-smuggling vector (RFC 9112 §6.3).
-    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::Codec("content-length and transfer-encoding"));
-    }
-    if !h.contains_key(header::HOST) && req.uri().authority().is_none() {
-        return Err(ProxyError::BadRequest("missing_host_header"));
-    }
-    Ok(())
-}
-
-/// The HTTP/1 methods Envoy's codec (http-parser's list) accepts.
-fn is_known_method(m: &Method) -> bool {
-    const EXTRA: &[&str] = &[
-        "COPY",
-        "LOCK",
-        "MKCOL",
-        "MOVE",
-        "PROPFIND",
-        "PROPPATCH",
-        "SEARCH",
-        "UNLOCK",
-        "BIND",
-        "REBIND",
-        "UNBIND",
-        "ACL",
-        "REPORT",
-        "MKACTIVITY",
-        "CHECKOUT",
-        "MERGE",
-        "M-SEARCH",
-        "NOTIFY",
-        "SUBSCRIBE",
-        "UNSUBSCRIBE",
-        "PURGE",
-        "MKCALENDAR",
-        "LINK",
-        "UNLINK",
-        "SOURCE",
-    ];
-    matches!(
-        *m,
-        Method::GET
-            | Method::HEAD
-            | Method::POST
-            | Method::PUT
-            | Method::DELETE
-            | Method::CONNECT
-            | Method::OPTIONS
-            | Method::TRACE
-            | Method::PATCH
-    ) || EXTRA.contains(&m.as_str())
-}
-
-/// The Host a request names: :authority for HTTP/2, the Host header for HTTP/1.1.
-fn request_host<B>(req: &Request<B>) -> &str {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
-        .unwrap_or("")
-}
-
-fn append_xff(headers: &mut HeaderMap, remote: SocketAddr) {
-    let ip = remote.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-}
-
-/// A random (v4) UUID, as Envoy's default request id.
-fn new_request_id() -> HeaderValue {
-    let mut b: [u8; 16] = fastrand::u128(..).to_le_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 36];
-    let mut j = 0;
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[j] = b'-';
-            j += 1;
-        }
-        out[j] = HEX[(byte >> 4) as usize];
-        out[j + 1] = HEX[(byte & 0xf) as usize];
-        j += 2;
-    }
-    // 36 ASCII hex digits and dashes are always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
-}
-
-/// A local reply: plain text for HTTP, trailers-only gRPC status for gRPC
-/// requests (as Envoy converts local replies for gRPC clients).
-pub fn local_reply(e: &ProxyError, grpc: bool) -> Response<ProxyBody> {
-    let body = e.body();
-    if grpc {
-        let mut resp = Response::new(ProxyBody::empty());
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert(&GRPC_STATUS, HeaderValue::from(e.grpc_status() as u16));
-        if let Ok(v) = HeaderValue::from_str(&body) {
-            if !body.is_empty() {
-                h.insert(&GRPC_MESSAGE, v);
-            }
-        }
-        return resp;
-    }
-    let len = body.len();
-    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
-    *resp.status_mut() = e.status();
-    if len > 0 {
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    }
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    resp
 }

@@ -1,13 +1,11 @@
-//! Counters and gauges with Envoy's names, rendered for Prometheus the way
-//! Envoy's `/stats/prometheus` does (`envoy_cluster_upstream_rq_total{envoy_cluster_name="x"}`),
-//! so existing dashboards keep working. Hot-path updates are relaxed atomics.
+//! Counters and gauges with Envoy's names, rendered for Prometheus (in
+//! `prometheus.rs`) the way Envoy's `/stats/prometheus` does
+//! (`envoy_cluster_upstream_rq_total{envoy_cluster_name="x"}`), so existing
+//! dashboards keep working. Hot-path updates are relaxed atomics.
 
-use std::{
-    fmt::Write as _,
-    sync::{
-        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
-        Arc, Mutex,
-    },
+use std::sync::{
+    atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    Arc, Mutex,
 };
 
 #[derive(Debug, Default)]
@@ -143,7 +141,7 @@ pub struct TcpStats {
     pub upstream_flush_active: Gauge,
 }
 
-fn class(status: u16) -> Option<usize> {
+pub(super) fn class(status: u16) -> Option<usize> {
     match status {
         100..=599 => Some((status / 100 - 1) as usize),
         _ => None,
@@ -153,10 +151,10 @@ fn class(status: u16) -> Option<usize> {
 /// Every stats object the process has, for the admin endpoints.
 #[derive(Debug, Default)]
 pub struct Registry {
-    http: Mutex<Vec<Arc<HttpStats>>>,
-    listeners: Mutex<Vec<Arc<ListenerStats>>>,
-    clusters: Mutex<Vec<Arc<ClusterStats>>>,
-    tcp: Mutex<Vec<Arc<TcpStats>>>,
+    pub(super) http: Mutex<Vec<Arc<HttpStats>>>,
+    pub(super) listeners: Mutex<Vec<Arc<ListenerStats>>>,
+    pub(super) clusters: Mutex<Vec<Arc<ClusterStats>>>,
+    pub(super) tcp: Mutex<Vec<Arc<TcpStats>>>,
 }
 
 /// The stats object named `key`, created on first use: objects recreated by a
@@ -173,7 +171,7 @@ fn get_or_add<T>(list: &Mutex<Vec<Arc<T>>>, key: &str, key_of: fn(&T) -> &str, m
     item
 }
 
-fn snapshot<T>(list: &Mutex<Vec<Arc<T>>>) -> Vec<Arc<T>> {
+pub(super) fn snapshot<T>(list: &Mutex<Vec<Arc<T>>>) -> Vec<Arc<T>> {
     list.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
@@ -222,379 +220,6 @@ impl Registry {
             },
         )
     }
-
-    /// Prometheus text exposition, metric families grouped as the format requires.
-    pub fn prometheus(&self) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        let http = snapshot(&self.http);
-        let listeners = snapshot(&self.listeners);
-        let clusters = snapshot(&self.clusters);
-        let tcp = snapshot(&self.tcp);
-
-        macro_rules! family {
-            ($items:expr, $metric:literal, $kind:literal, $label:literal, $key:ident, |$s:ident| $value:expr) => {
-                if !$items.is_empty() {
-                    let _ = writeln!(out, "# TYPE {} {}", $metric, $kind);
-                    for $s in $items.iter() {
-                        let _ = writeln!(
-                            out,
-                            "{}{{{}=\"{}\"}} {}",
-                            $metric,
-                            $label,
-                            escape(&$s.$key),
-                            $value
-                        );
-                    }
-                }
-            };
-        }
-        macro_rules! classes {
-            ($items:expr, $metric:literal, $label:literal, $key:ident, $field:ident) => {
-                if !$items.is_empty() {
-                    let _ = writeln!(out, "# TYPE {} counter", $metric);
-                    for s in $items.iter() {
-                        for (i, c) in s.$field.iter().enumerate() {
-                            let _ = writeln!(
-                                out,
-                                "{}{{envoy_response_code_class=\"{}\",{}=\"{}\"}} {}",
-                                $metric,
-                                i + 1,
-                                $label,
-                                escape(&s.$key),
-                                c.get()
-                            );
-                        }
-                    }
-                }
-            };
-        }
-        family!(
-            http,
-            "envoy_http_downstream_cx_total",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_cx_total.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_cx_active",
-            "gauge",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_cx_active.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_cx_http1_total",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_cx_http1_total.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_cx_http2_total",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_cx_http2_total.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_cx_protocol_error",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_cx_protocol_error.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_cx_upgrades_total",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_cx_upgrades_total.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_rq_total",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_rq_total.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_rq_active",
-            "gauge",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_rq_active.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_rq_http1_total",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_rq_http1_total.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_rq_http2_total",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_rq_http2_total.get()
-        );
-        classes!(
-            http,
-            "envoy_http_downstream_rq_xx",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            downstream_rq_xx
-        );
-        family!(
-            http,
-            "envoy_http_no_route",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.no_route.get()
-        );
-        family!(
-            http,
-            "envoy_http_no_cluster",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.no_cluster.get()
-        );
-        family!(
-            http,
-            "envoy_http_rq_direct_response",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.rq_direct_response.get()
-        );
-        family!(
-            http,
-            "envoy_http_downstream_rq_timeout",
-            "counter",
-            "envoy_http_conn_manager_prefix",
-            prefix,
-            |s| s.downstream_rq_timeout.get()
-        );
-
-        family!(
-            listeners,
-            "envoy_listener_downstream_cx_total",
-            "counter",
-            "envoy_listener_address",
-            address,
-            |s| s.downstream_cx_total.get()
-        );
-        family!(
-            listeners,
-            "envoy_listener_downstream_cx_active",
-            "gauge",
-            "envoy_listener_address",
-            address,
-            |s| s.downstream_cx_active.get()
-        );
-
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_total",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_total.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_active",
-            "gauge",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_active.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_http1_total",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_http1_total.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_http2_total",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_http2_total.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_connect_fail",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_connect_fail.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_connect_timeout",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_connect_timeout.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_none_healthy",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_none_healthy.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_protocol_error",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_protocol_error.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_rx_bytes_total",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_rx_bytes_total.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_cx_tx_bytes_total",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_cx_tx_bytes_total.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_rq_total",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_rq_total.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_rq_active",
-            "gauge",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_rq_active.get()
-        );
-        classes!(
-            clusters,
-            "envoy_cluster_upstream_rq_xx",
-            "envoy_cluster_name",
-            name,
-            upstream_rq_xx
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_rq_timeout",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_rq_timeout.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_upstream_rq_rx_reset",
-            "counter",
-            "envoy_cluster_name",
-            name,
-            |s| s.upstream_rq_rx_reset.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_membership_total",
-            "gauge",
-            "envoy_cluster_name",
-            name,
-            |s| s.membership_total.get()
-        );
-        family!(
-            clusters,
-            "envoy_cluster_membership_healthy",
-            "gauge",
-            "envoy_cluster_name",
-            name,
-            |s| s.membership_healthy.get()
-        );
-
-        family!(
-            tcp,
-            "envoy_tcp_downstream_cx_total",
-            "counter",
-            "envoy_tcp_prefix",
-            prefix,
-            |s| s.downstream_cx_total.get()
-        );
-        family!(
-            tcp,
-            "envoy_tcp_downstream_cx_no_route",
-            "counter",
-            "envoy_tcp_prefix",
-            prefix,
-            |s| s.downstream_cx_no_route.get()
-        );
-        family!(
-            tcp,
-            "envoy_tcp_downstream_cx_rx_bytes_total",
-            "counter",
-            "envoy_tcp_prefix",
-            prefix,
-            |s| s.downstream_cx_rx_bytes_total.get()
-        );
-        family!(
-            tcp,
-            "envoy_tcp_downstream_cx_tx_bytes_total",
-            "counter",
-            "envoy_tcp_prefix",
-            prefix,
-            |s| s.downstream_cx_tx_bytes_total.get()
-        );
-        family!(
-            tcp,
-            "envoy_tcp_idle_timeout",
-            "counter",
-            "envoy_tcp_prefix",
-            prefix,
-            |s| s.idle_timeout.get()
-        );
-        family!(
-            tcp,
-            "envoy_tcp_upstream_flush_active",
-            "gauge",
-            "envoy_tcp_prefix",
-            prefix,
-            |s| s.upstream_flush_active.get()
-        );
-        out
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -1,20 +1,14 @@
 //! `envoy.config.listener.v3.Listener` with its network filters
 //! (`http_connection_manager`, `tcp_proxy`) -> `config::Listener`.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
-use super::{route, Msg};
-use crate::{
-    config::{self, ClusterTarget, Codec, Http2Settings, ServerHeader, StripPort},
-    telemetry::access_log::Format,
-};
+use super::{access_log::access_logs, route, tcp::tcp_proxy, Msg};
+use crate::config::{self, Codec, Http2Settings, ServerHeader, StripPort};
 
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
-const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
-const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
-const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 const HTTP_INSPECTOR: &str = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
 const UUID_REQUEST_ID: &str = "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig";
@@ -512,123 +506,4 @@ pub fn http1_options(mut m: Msg<'_, '_>) {
     m.ignore("override_stream_error_on_invalid_http_message");
     m.ignore("allow_chunked_length");
     m.ignore("header_key_format");
-}
-
-fn access_logs(m: &mut Msg<'_, '_>) -> Vec<config::AccessLog> {
-    let mut out = Vec::new();
-    for mut al in m.list("access_log") {
-        al.ignore("name");
-        if al.has("filter") {
-            al.field_error("filter", "access log filters are not supported yet");
-            continue;
-        }
-        match al.any("typed_config") {
-            Some((t, mut file)) if t == FILE_LOG => {
-                let path = file.string("path");
-                let format = log_format(&mut file);
-                if path.is_empty() {
-                    file.field_error("path", "must not be empty");
-                }
-                if let Some(format) = format {
-                    out.push(config::AccessLog {
-                        path,
-                        format: Arc::new(format),
-                    });
-                }
-            }
-            Some((t, mut stream)) if t == STDOUT_LOG || t == STDERR_LOG => {
-                let path = if t == STDOUT_LOG { "/dev/stdout" } else { "/dev/stderr" };
-                if let Some(format) = log_format(&mut stream) {
-                    out.push(config::AccessLog {
-                        path: path.into(),
-                        format: Arc::new(format),
-                    });
-                }
-            }
-            Some((t, inner)) => {
-                inner.abandon();
-                al.field_error("typed_config", format!("access logger {t} is not supported yet"));
-            }
-            None => al.error("access log needs a typed_config"),
-        }
-    }
-    out
-}
-
-fn log_format(m: &mut Msg<'_, '_>) -> Option<Format> {
-    // FileAccessLog still has the deprecated plain `format`; the stream loggers do not.
-    let mut text = if m.knows("format") {
-        m.string("format")
-    } else {
-        String::new()
-    };
-    if let Some(mut lf) = m.msg("log_format") {
-        if let Some(mut src) = lf.msg("text_format_source") {
-            text = src.string("inline_string");
-        } else {
-            text = lf.string("text_format");
-        }
-        lf.ignore("omit_empty_values");
-        lf.ignore("content_type");
-    }
-    if text.is_empty() {
-        return Some(Format::envoy_default());
-    }
-    match Format::parse(&text) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            m.field_error("log_format", e);
-            None
-        }
-    }
-}
-
-fn tcp_proxy(mut m: Msg<'_, '_>) -> Option<config::TcpProxy> {
-    let stat_prefix = m.string("stat_prefix");
-    if stat_prefix.is_empty() {
-        m.field_error("stat_prefix", "must not be empty");
-    }
-    let target = if let Some(mut wc) = m.msg("weighted_clusters") {
-        let mut clusters = Vec::new();
-        for mut c in wc.list("clusters") {
-            let name = c.string("name");
-            m.ctx().check_cluster_ref(&c.field_path("name"), &name);
-            let weight = c.u32("weight") as u64;
-            c.ignore("metadata_match");
-            clusters.push(config::WeightedCluster {
-                name,
-                weight,
-                headers: Default::default(),
-            });
-        }
-        let total: u64 = clusters.iter().map(|c| c.weight).sum();
-        if total == 0 {
-            wc.error("weights must not all be zero");
-            return None;
-        }
-        ClusterTarget::Weighted(config::WeightedClusters { clusters, total })
-    } else {
-        let name = m.string("cluster");
-        if name.is_empty() {
-            m.field_error("cluster", "a TCP proxy needs a cluster or weighted_clusters");
-            return None;
-        }
-        m.ctx().check_cluster_ref(&m.field_path("cluster"), &name);
-        ClusterTarget::Single(name)
-    };
-    // Envoy's default idle timeout is 1 hour; 0s disables it.
-    let idle_timeout = match m.duration("idle_timeout") {
-        Some(d) if d.is_zero() => None,
-        Some(d) => Some(d),
-        None => Some(Duration::from_secs(3600)),
-    };
-    let access_logs = access_logs(&mut m);
-    m.ignore("max_connect_attempts");
-    m.ignore("access_log_options");
-    Some(config::TcpProxy {
-        stat_prefix,
-        target,
-        idle_timeout,
-        access_logs,
-    })
 }

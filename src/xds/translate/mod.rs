@@ -15,10 +15,12 @@ use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
 
 use super::decode::ApiPool;
 
+mod access_log;
 mod bootstrap;
 mod cluster;
 mod listener;
 mod route;
+mod tcp;
 #[cfg(test)]
 mod tests;
 
