@@ -184,6 +184,17 @@ async fn stats_count_by_response_class() {
     let admin = s.proxy.admin.unwrap();
     let mut a = H1::connect(admin).await;
     let text = a.get("admin", "/stats/prometheus").await.text();
+    // /clusters: Envoy's cluster::host::stat::value lines, per endpoint.
+    let clusters = a.get("admin", "/clusters").await.text();
+    let good = s._good.addr;
+    assert!(clusters.contains(&format!("good::{good}::rq_total::1")), "{clusters}");
+    assert!(clusters.contains(&format!("good::{good}::rq_success::1")), "{clusters}");
+    assert!(clusters.contains("closed::"), "{clusters}");
+    let json = a.get("admin", "/clusters?format=json").await.json();
+    assert!(
+        json["cluster_statuses"].as_array().is_some_and(|c| c.len() == 3),
+        "{json}"
+    );
     for line in [
         "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"good\"} 1",
         "envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"closed\"} 1",

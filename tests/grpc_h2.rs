@@ -263,3 +263,30 @@ async fn codec_http1_rejects_h2_preface() {
         "the connection was not closed"
     );
 }
+
+#[tokio::test]
+async fn h2_pool_opens_another_connection_at_max_concurrent_streams() {
+    let up = upstream_h2("h2").await;
+    // A cluster limited to 2 streams per connection: 6 concurrent requests need 3.
+    let c = cluster("h2", &[up.addr], true, "").replace(
+        "http2_protocol_options: {}",
+        "http2_protocol_options: { max_concurrent_streams: 2 }",
+    );
+    let p = proxy(&http_bootstrap(&routes_to("h2"), &c)).await;
+    let addr = p.listener("http").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = H1::connect(addr).await;
+            assert_eq!(c.get("svc.local", "/slow/300").await.status, 200);
+        }));
+    }
+    for t in tasks {
+        within("concurrent request", t).await.unwrap();
+    }
+    let n = up.accepts.load(Ordering::SeqCst);
+    assert!(
+        (3..=6).contains(&n),
+        "expected at least 3 upstream connections, got {n}"
+    );
+}
