@@ -18,8 +18,9 @@ pub const EXIT_CONFIG: i32 = 2;
 )]
 pub struct Cli {
     /// Log level: trace, debug, info, warn, error or off (REMORA_LOG overrides).
-    #[arg(long, global = true, default_value = "info", value_parser = ["trace", "debug", "info", "warn", "error", "off"])]
-    pub log_level: String,
+    /// Default: info (warn for `demo`, whose report is the output).
+    #[arg(long, global = true, value_parser = ["trace", "debug", "info", "warn", "error", "off"])]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,9 +35,10 @@ pub enum Command {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
-    /// Start two sample services and remora in front of them, send traffic, and show what happened.
+    /// Start two sample services, an xDS control plane and remora configured by it; send traffic,
+    /// change the config mid-run, and show what happened.
     Demo {
-        /// Requests to send.
+        /// Requests to send before and after the update (more go out while it applies).
         #[arg(long, default_value_t = 200)]
         requests: u32,
     },
@@ -76,7 +78,12 @@ pub fn main() -> i32 {
             };
         }
     };
-    telemetry::init_logging(&cli.log_level);
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    telemetry::init_logging(cli.log_level.as_deref().unwrap_or(default_level));
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run(args) => run(args),
