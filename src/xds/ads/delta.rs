@@ -6,7 +6,10 @@
 //! `*` for CDS and LDS, the RDS/EDS names in use for the others. A reconnect
 //! sends `initial_resource_versions`, so unchanged resources are not resent.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use envoy_types::pb::{
     envoy::{
@@ -17,48 +20,58 @@ use envoy_types::pb::{
 };
 
 use super::{
-    connect, node_of, set_connected,
+    lock, off_thread, set_connected,
     state::{known_type, State, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE},
-    tokio_stream_from, StreamError,
+    tokio_stream_from, Client, Shared, StreamError,
 };
 use crate::{proxy::Proxy, xds::decode::release_memory};
 
-pub(super) async fn stream_once(proxy: &Proxy, state: &mut State) -> Result<(), StreamError> {
-    let mut client = connect(state).await?;
+pub(super) async fn stream_once(
+    proxy: &Arc<Proxy>,
+    state: &Shared,
+    mut client: Client,
+    node: Node,
+) -> Result<(), StreamError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<DeltaDiscoveryRequest>(16);
-    let node = node_of(state);
-    state.subscribed.clear();
-    for (enabled, type_url) in [
-        (state.cfg.dynamic.cds, CLUSTER_TYPE),
-        (state.cfg.dynamic.lds, LISTENER_TYPE),
-    ] {
-        if enabled {
-            let req = DeltaDiscoveryRequest {
-                node: Some(node.clone()),
-                type_url: type_url.to_string(),
-                resource_names_subscribe: vec!["*".to_string()],
-                initial_resource_versions: held_versions(state, type_url),
-                ..Default::default()
-            };
-            tx.send(req).await.map_err(|_| StreamError::Closed)?;
+    let (initial, server) = {
+        let mut st = lock(state);
+        st.subscribed.clear();
+        let mut reqs = Vec::new();
+        for (enabled, type_url) in [(st.cfg.dynamic.cds, CLUSTER_TYPE), (st.cfg.dynamic.lds, LISTENER_TYPE)] {
+            if enabled {
+                reqs.push(DeltaDiscoveryRequest {
+                    node: Some(node.clone()),
+                    type_url: type_url.to_string(),
+                    resource_names_subscribe: vec!["*".to_string()],
+                    initial_resource_versions: held_versions(&st, type_url),
+                    ..Default::default()
+                });
+            }
         }
-    }
-    for req in subscription_changes(state, &node) {
+        reqs.extend(subscription_changes(&mut st, &node));
+        (reqs, st.cfg.server)
+    };
+    for req in initial {
         tx.send(req).await.map_err(|_| StreamError::Closed)?;
     }
     let mut responses = client
         .delta_aggregated_resources(tokio_stream_from(rx))
         .await?
         .into_inner();
-    tracing::info!(server = %state.cfg.server, "xDS stream open (delta)");
+    tracing::info!(server = %server, "xDS stream open (delta)");
     set_connected(proxy, true);
     while let Some(resp) = responses.message().await? {
-        let reply = handle_response(proxy, state, resp, &node);
+        let node = node.clone();
+        let (reply, subscriptions, warm) = off_thread(proxy, state, move |proxy, st| {
+            let reply = handle_response(proxy, st, resp, &node);
+            (reply, subscription_changes(st, &node), st.warm())
+        })
+        .await?;
         tx.send(reply).await.map_err(|_| StreamError::Closed)?;
-        for req in subscription_changes(state, &node) {
+        for req in subscriptions {
             tx.send(req).await.map_err(|_| StreamError::Closed)?;
         }
-        if state.warm() {
+        if warm {
             proxy.mark_ready();
         }
     }

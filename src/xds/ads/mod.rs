@@ -88,7 +88,8 @@ pub async fn run(proxy: Arc<Proxy>, cfg: AdsConfig, shutdown: CancellationToken)
     if let Ok(mut status) = proxy.state.xds.lock() {
         status.server = Some(cfg.server.to_string());
     }
-    let mut state = State::new(cfg);
+    let server = cfg.server;
+    let state = Arc::new(std::sync::Mutex::new(State::new(cfg)));
     let ready_timer = {
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
@@ -108,13 +109,13 @@ pub async fn run(proxy: Arc<Proxy>, cfg: AdsConfig, shutdown: CancellationToken)
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = stream_once(&proxy, &mut state) => r,
+            r = stream_once(&proxy, &state) => r,
             _ = shutdown.cancelled() => break,
         };
         set_connected(&proxy, false);
         match result {
-            Ok(()) => tracing::warn!(server = %state.cfg.server, "xDS stream closed by the server; reconnecting"),
-            Err(e) => tracing::warn!(server = %state.cfg.server, error = %e, "xDS stream failed; reconnecting"),
+            Ok(()) => tracing::warn!(server = %server, "xDS stream closed by the server; reconnecting"),
+            Err(e) => tracing::warn!(server = %server, error = %e, "xDS stream failed; reconnecting"),
         }
         // A stream that lived a while resets the backoff.
         if started.elapsed() > BACKOFF_MAX {
@@ -151,10 +152,34 @@ enum StreamError {
 
 type Client = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
 
-async fn connect(state: &State) -> Result<Client, StreamError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", state.cfg.server))
+/// The ADS client's state, shared between its stream task and the blocking
+/// pool where responses are processed; only that one task ever locks it.
+type Shared = Arc<std::sync::Mutex<State>>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    // A panic while holding it cannot leave half-applied state visible to
+    // traffic (the proxy swaps whole snapshots), so carry on.
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs response processing (decoding with the 15 MB reflection pool,
+/// translating, applying) on the blocking pool, so a large update never
+/// stalls the worker threads that carry traffic.
+async fn off_thread<R: Send + 'static>(
+    proxy: &Arc<Proxy>,
+    state: &Shared,
+    f: impl FnOnce(&Proxy, &mut State) -> R + Send + 'static,
+) -> Result<R, StreamError> {
+    let (proxy, state) = (proxy.clone(), state.clone());
+    tokio::task::spawn_blocking(move || f(&proxy, &mut lock(&state)))
+        .await
+        .map_err(|_| StreamError::Closed)
+}
+
+async fn connect(server: SocketAddr, timeout: Duration) -> Result<Client, StreamError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
         .map_err(StreamError::Connect)?
-        .connect_timeout(state.cfg.connect_timeout);
+        .connect_timeout(timeout);
     let channel = endpoint.connect().await?;
     // A large EDS or CDS response can be tens of MB.
     Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
@@ -168,49 +193,63 @@ fn node_of(state: &State) -> Node {
     }
 }
 
-async fn stream_once(proxy: &Proxy, state: &mut State) -> Result<(), StreamError> {
-    if state.cfg.dynamic.delta {
-        return delta::stream_once(proxy, state).await;
+async fn stream_once(proxy: &Arc<Proxy>, state: &Shared) -> Result<(), StreamError> {
+    let (server, timeout, delta, node) = {
+        let st = lock(state);
+        (
+            st.cfg.server,
+            st.cfg.connect_timeout,
+            st.cfg.dynamic.delta,
+            node_of(&st),
+        )
+    };
+    if delta {
+        return delta::stream_once(proxy, state, connect(server, timeout).await?, node).await;
     }
-    let mut client = connect(state).await?;
+    let mut client = connect(server, timeout).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(16);
-    let node = node_of(state);
     // Subscribe (again, after a reconnect) with the versions we hold, CDS
-    // first: listeners refer to clusters.
-    for (enabled, type_url) in [
-        (state.cfg.dynamic.cds, CLUSTER_TYPE),
-        (state.cfg.dynamic.lds, LISTENER_TYPE),
-    ] {
-        if enabled {
-            let req = DiscoveryRequest {
-                node: Some(node.clone()),
-                type_url: type_url.to_string(),
-                version_info: state.versions.get(type_url).cloned().unwrap_or_default(),
-                ..Default::default()
-            };
-            tx.send(req).await.map_err(|_| StreamError::Closed)?;
+    // first: listeners refer to clusters. RDS and EDS names held from before a
+    // reconnect are subscribed again; a new stream has no nonces.
+    let initial = {
+        let mut st = lock(state);
+        let mut reqs = Vec::new();
+        for (enabled, type_url) in [(st.cfg.dynamic.cds, CLUSTER_TYPE), (st.cfg.dynamic.lds, LISTENER_TYPE)] {
+            if enabled {
+                reqs.push(DiscoveryRequest {
+                    node: Some(node.clone()),
+                    type_url: type_url.to_string(),
+                    version_info: st.versions.get(type_url).cloned().unwrap_or_default(),
+                    ..Default::default()
+                });
+            }
         }
-    }
-    // RDS and EDS names held from before a reconnect are subscribed again;
-    // a new stream has no nonces.
-    state.nonces.clear();
-    state.subscribed.clear();
-    for req in subscription_changes(state, &node) {
+        st.nonces.clear();
+        st.subscribed.clear();
+        reqs.extend(subscription_changes(&mut st, &node));
+        reqs
+    };
+    for req in initial {
         tx.send(req).await.map_err(|_| StreamError::Closed)?;
     }
     let mut responses = client
         .stream_aggregated_resources(tokio_stream_from(rx))
         .await?
         .into_inner();
-    tracing::info!(server = %state.cfg.server, "xDS stream open");
+    tracing::info!(server = %server, "xDS stream open");
     set_connected(proxy, true);
     while let Some(resp) = responses.message().await? {
-        let reply = handle_response(proxy, state, resp, &node);
+        let node = node.clone();
+        let (reply, subscriptions, warm) = off_thread(proxy, state, move |proxy, st| {
+            let reply = handle_response(proxy, st, resp, &node);
+            (reply, subscription_changes(st, &node), st.warm())
+        })
+        .await?;
         tx.send(reply).await.map_err(|_| StreamError::Closed)?;
-        for req in subscription_changes(state, &node) {
+        for req in subscriptions {
             tx.send(req).await.map_err(|_| StreamError::Closed)?;
         }
-        if state.warm() {
+        if warm {
             proxy.mark_ready();
         }
     }
