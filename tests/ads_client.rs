@@ -162,23 +162,7 @@ filter_chains:
 }
 
 fn bootstrap(xds: std::net::SocketAddr) -> String {
-    format!(
-        r#"node: {{ id: sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local, cluster: reviews }}
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: xds }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-{}"#,
-        cluster("xds", &[xds], true, "")
-    )
+    ads_bootstrap(xds, "GRPC", "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local", "reviews")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

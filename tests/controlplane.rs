@@ -485,27 +485,6 @@ async fn delta_sends_what_changed_and_removals() {
     served.shutdown().await;
 }
 
-/// A bootstrap for remora's ADS client against `xds` (`api_type` GRPC or DELTA_GRPC).
-fn ads_bootstrap(xds: SocketAddr, api_type: &str) -> String {
-    format!(
-        r#"node: {{ id: "{NODE}", cluster: productpage }}
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: xds }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-{}"#,
-        cluster("xds", &[xds], true, "")
-    )
-}
-
 /// remora itself, taking its config from `served` (state of the world).
 async fn remora_client(served: &Served) -> (Arc<remora::proxy::Proxy>, tokio_util::sync::CancellationToken) {
     remora_client_with(served, "GRPC").await
@@ -515,8 +494,8 @@ async fn remora_client_with(
     served: &Served,
     api_type: &str,
 ) -> (Arc<remora::proxy::Proxy>, tokio_util::sync::CancellationToken) {
-    let boot =
-        remora::xds::parse_bootstrap("t.yaml", &ads_bootstrap(served.addr, api_type)).unwrap_or_else(|e| panic!("{e}"));
+    let boot = remora::xds::parse_bootstrap("t.yaml", &ads_bootstrap(served.addr, api_type, NODE, "productpage"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let ads = remora::xds::ads::AdsConfig::from_bootstrap(&boot)
         .expect("ads config")
         .expect("dynamic resources");

@@ -4,19 +4,13 @@
 //! disappears is sent in `removed_resources`. The state machine
 //! (`DeltaStream`) is plain data, tested without sockets.
 
-use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
-    sync::Arc,
-};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as Wire};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
 
 use super::{
     snapshot::{ads_order, is_wildcard_type, Snapshot},
-    AckRecord, ControlPlane, Protocol,
+    AckRecord, Protocol,
 };
 
 /// Responses of one type awaiting an answer; a client that never answers
@@ -190,51 +184,34 @@ impl DeltaStream {
     }
 }
 
-/// Serves one Delta stream until the client goes away or the server stops.
-pub(super) async fn run(
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    cp: ControlPlane,
-    stop: CancellationToken,
-    peer: String,
-) {
-    let mut snapshots = cp.watch();
-    let mut snapshot: Arc<Snapshot> = snapshots.borrow_and_update().clone();
-    let mut stream = DeltaStream::default();
-    tracing::info!(%peer, "Delta ADS stream opened");
-    let end = loop {
-        let responses = tokio::select! {
-            _ = stop.cancelled() => break "the control plane is stopping".to_string(),
-            req = requests.message() => match req {
-                Ok(Some(req)) => {
-                    let (record, response) = stream.on_request(req, &snapshot);
-                    if let Some(r) = record {
-                        cp.record(r);
-                    }
-                    response.into_iter().collect::<Vec<_>>()
-                }
-                Ok(None) => break "closed by the client".to_string(),
-                Err(status) => break format!("stream error: {status}"),
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break "the control plane is gone".to_string();
-                }
-                snapshot = snapshots.borrow_and_update().clone();
-                stream.on_snapshot(&snapshot)
-            }
-        };
-        for resp in responses {
-            tracing::info!(node = %stream.node(), type_url = %resp.type_url, version = %resp.system_version_info,
-                nonce = %resp.nonce, resources = resp.resources.len(), removed = resp.removed_resources.len(),
-                "Delta push");
-            if tx.send(Ok(resp)).await.is_err() {
-                tracing::info!(node = %stream.node(), %peer, "Delta ADS stream closed by the client");
-                return;
-            }
-        }
-    };
-    tracing::info!(node = %stream.node(), %peer, "Delta ADS stream ended: {end}");
+impl super::StreamState for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const PROTOCOL: &'static str = "Delta";
+
+    fn node(&self) -> &str {
+        DeltaStream::node(self)
+    }
+    fn on_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> (Option<AckRecord>, Option<DeltaDiscoveryResponse>) {
+        DeltaStream::on_request(self, req, snapshot)
+    }
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        DeltaStream::on_snapshot(self, snapshot)
+    }
+    fn describe(resp: &DeltaDiscoveryResponse) -> String {
+        format!(
+            "type_url={} version={} nonce={} resources={} removed={}",
+            resp.type_url,
+            resp.system_version_info,
+            resp.nonce,
+            resp.resources.len(),
+            resp.removed_resources.len()
+        )
+    }
 }
 
 #[cfg(test)]

@@ -322,7 +322,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let peer = peer(&req);
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(sotw::run(
+        tokio::spawn(run_stream::<sotw::SotwStream>(
             req.into_inner(),
             tx,
             self.cp.clone(),
@@ -338,7 +338,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = peer(&req);
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(delta::run(
+        tokio::spawn(run_stream::<delta::DeltaStream>(
             req.into_inner(),
             tx,
             self.cp.clone(),
@@ -347,6 +347,67 @@ impl AggregatedDiscoveryService for Ads {
         ));
         Ok(Response::new(response_stream(rx)))
     }
+}
+
+/// What one ADS stream's protocol variant (SotW or Delta) decides: pure state
+/// over requests and snapshots, driven by the one loop in [`run_stream`].
+pub(crate) trait StreamState: Default + Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    const PROTOCOL: &'static str;
+    fn node(&self) -> &str;
+    /// The ACK or NACK a request carries (if any) and the response to send (if any).
+    fn on_request(&mut self, req: Self::Request, snapshot: &Snapshot) -> (Option<AckRecord>, Option<Self::Response>);
+    /// The responses a new snapshot calls for.
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<Self::Response>;
+    /// One log line's worth of a response.
+    fn describe(resp: &Self::Response) -> String;
+}
+
+/// Serves one stream until the client goes away or the server stops.
+async fn run_stream<S: StreamState>(
+    mut requests: Streaming<S::Request>,
+    tx: mpsc::Sender<Result<S::Response, Status>>,
+    cp: ControlPlane,
+    stop: CancellationToken,
+    peer: String,
+) {
+    let mut snapshots = cp.watch();
+    let mut snapshot: Arc<Snapshot> = snapshots.borrow_and_update().clone();
+    let mut stream = S::default();
+    let proto = S::PROTOCOL;
+    tracing::info!(%peer, "{proto} ADS stream opened");
+    let end = loop {
+        let responses = tokio::select! {
+            _ = stop.cancelled() => break "the control plane is stopping".to_string(),
+            req = requests.message() => match req {
+                Ok(Some(req)) => {
+                    let (record, response) = stream.on_request(req, &snapshot);
+                    if let Some(r) = record {
+                        cp.record(r);
+                    }
+                    response.into_iter().collect::<Vec<_>>()
+                }
+                Ok(None) => break "closed by the client".to_string(),
+                Err(status) => break format!("stream error: {status}"),
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break "the control plane is gone".to_string();
+                }
+                snapshot = snapshots.borrow_and_update().clone();
+                stream.on_snapshot(&snapshot)
+            }
+        };
+        for resp in responses {
+            tracing::info!(node = %stream.node(), "{proto} push: {}", S::describe(&resp));
+            if tx.send(Ok(resp)).await.is_err() {
+                tracing::info!(node = %stream.node(), %peer, "{proto} ADS stream closed by the client");
+                return;
+            }
+        }
+    };
+    tracing::info!(node = %stream.node(), %peer, "{proto} ADS stream ended: {end}");
 }
 
 /// `remora control-plane --fixtures DIR --listen ADDR`: serves until SIGTERM

@@ -1,21 +1,15 @@
 //! State-of-the-world ADS, one stream: what the client subscribed to per
 //! type, what was last sent with which nonce, and when to send again. The
-//! state machine (`SotwStream`) is plain data, tested without sockets; `run`
-//! drives it from the gRPC stream and the snapshot watch.
+//! state machine (`SotwStream`) is plain data, tested without sockets;
+//! `run_stream` in `mod.rs` drives it from the gRPC stream and the snapshot watch.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Arc,
-};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
 
 use super::{
     snapshot::{ads_order, is_wildcard_type, Snapshot},
-    AckRecord, ControlPlane, Protocol,
+    AckRecord, Protocol,
 };
 
 /// Which resources of a type the client wants.
@@ -172,50 +166,33 @@ impl SotwStream {
     }
 }
 
-/// Serves one SotW stream until the client goes away or the server stops.
-pub(super) async fn run(
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    cp: ControlPlane,
-    stop: CancellationToken,
-    peer: String,
-) {
-    let mut snapshots = cp.watch();
-    let mut snapshot: Arc<Snapshot> = snapshots.borrow_and_update().clone();
-    let mut stream = SotwStream::default();
-    tracing::info!(%peer, "SotW ADS stream opened");
-    let end = loop {
-        let responses = tokio::select! {
-            _ = stop.cancelled() => break "the control plane is stopping".to_string(),
-            req = requests.message() => match req {
-                Ok(Some(req)) => {
-                    let (record, response) = stream.on_request(req, &snapshot);
-                    if let Some(r) = record {
-                        cp.record(r);
-                    }
-                    response.into_iter().collect::<Vec<_>>()
-                }
-                Ok(None) => break "closed by the client".to_string(),
-                Err(status) => break format!("stream error: {status}"),
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break "the control plane is gone".to_string();
-                }
-                snapshot = snapshots.borrow_and_update().clone();
-                stream.on_snapshot(&snapshot)
-            }
-        };
-        for resp in responses {
-            tracing::info!(node = %stream.node(), type_url = %resp.type_url, version = %resp.version_info,
-                nonce = %resp.nonce, resources = resp.resources.len(), "SotW push");
-            if tx.send(Ok(resp)).await.is_err() {
-                tracing::info!(node = %stream.node(), %peer, "SotW ADS stream closed by the client");
-                return;
-            }
-        }
-    };
-    tracing::info!(node = %stream.node(), %peer, "SotW ADS stream ended: {end}");
+impl super::StreamState for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: &'static str = "SotW";
+
+    fn node(&self) -> &str {
+        SotwStream::node(self)
+    }
+    fn on_request(
+        &mut self,
+        req: DiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> (Option<AckRecord>, Option<DiscoveryResponse>) {
+        SotwStream::on_request(self, req, snapshot)
+    }
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+        SotwStream::on_snapshot(self, snapshot)
+    }
+    fn describe(resp: &DiscoveryResponse) -> String {
+        format!(
+            "type_url={} version={} nonce={} resources={}",
+            resp.type_url,
+            resp.version_info,
+            resp.nonce,
+            resp.resources.len()
+        )
+    }
 }
 
 #[cfg(test)]

@@ -407,3 +407,25 @@ pub async fn raw_head(addr: SocketAddr, bytes: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out).to_string()
 }
+
+/// A bootstrap that takes everything over ADS from `xds` (an HTTP/2 static
+/// cluster), with `api_type` GRPC or DELTA_GRPC and the given node.
+pub fn ads_bootstrap(xds: SocketAddr, api_type: &str, node_id: &str, node_cluster: &str) -> String {
+    format!(
+        r#"node: {{ id: "{node_id}", cluster: {node_cluster} }}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: xds }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+{}"#,
+        cluster("xds", &[xds], true, "")
+    )
+}

@@ -20,7 +20,7 @@ use envoy_types::pb::{
 };
 
 use super::{
-    lock, off_thread, set_connected,
+    answer_responses, lock,
     state::{known_type, State, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE},
     tokio_stream_from, Client, Shared, StreamError,
 };
@@ -54,28 +54,21 @@ pub(super) async fn stream_once(
     for req in initial {
         tx.send(req).await.map_err(|_| StreamError::Closed)?;
     }
-    let mut responses = client
+    let responses = client
         .delta_aggregated_resources(tokio_stream_from(rx))
         .await?
         .into_inner();
     tracing::info!(server = %server, "xDS stream open (delta)");
-    set_connected(proxy, true);
-    while let Some(resp) = responses.message().await? {
-        let node = node.clone();
-        let (reply, subscriptions, warm) = off_thread(proxy, state, move |proxy, st| {
-            let reply = handle_response(proxy, st, resp, &node);
-            (reply, subscription_changes(st, &node), st.warm())
-        })
-        .await?;
-        tx.send(reply).await.map_err(|_| StreamError::Closed)?;
-        for req in subscriptions {
-            tx.send(req).await.map_err(|_| StreamError::Closed)?;
-        }
-        if warm {
-            proxy.mark_ready();
-        }
-    }
-    Ok(())
+    answer_responses(
+        proxy,
+        state,
+        &tx,
+        responses,
+        node,
+        handle_response,
+        subscription_changes,
+    )
+    .await
 }
 
 fn held_versions(state: &State, type_url: &str) -> HashMap<String, String> {

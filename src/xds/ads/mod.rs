@@ -232,21 +232,49 @@ async fn stream_once(proxy: &Arc<Proxy>, state: &Shared) -> Result<(), StreamErr
     for req in initial {
         tx.send(req).await.map_err(|_| StreamError::Closed)?;
     }
-    let mut responses = client
+    let responses = client
         .stream_aggregated_resources(tokio_stream_from(rx))
         .await?
         .into_inner();
     tracing::info!(server = %server, "xDS stream open");
+    answer_responses(
+        proxy,
+        state,
+        &tx,
+        responses,
+        node,
+        handle_response,
+        subscription_changes,
+    )
+    .await
+}
+
+/// The response loop both variants share: each response is processed off
+/// the traffic threads, answered (ACK/NACK), followed by any subscription
+/// changes it caused, and the proxy is marked ready once the config is warm.
+async fn answer_responses<Req, Resp>(
+    proxy: &Arc<Proxy>,
+    state: &Shared,
+    tx: &tokio::sync::mpsc::Sender<Req>,
+    mut responses: tonic::Streaming<Resp>,
+    node: Node,
+    handle: fn(&Proxy, &mut State, Resp, &Node) -> Req,
+    subscriptions: fn(&mut State, &Node) -> Vec<Req>,
+) -> Result<(), StreamError>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
     set_connected(proxy, true);
     while let Some(resp) = responses.message().await? {
         let node = node.clone();
-        let (reply, subscriptions, warm) = off_thread(proxy, state, move |proxy, st| {
-            let reply = handle_response(proxy, st, resp, &node);
-            (reply, subscription_changes(st, &node), st.warm())
+        let (reply, changes, warm) = off_thread(proxy, state, move |proxy, st| {
+            let reply = handle(proxy, st, resp, &node);
+            (reply, subscriptions(st, &node), st.warm())
         })
         .await?;
         tx.send(reply).await.map_err(|_| StreamError::Closed)?;
-        for req in subscriptions {
+        for req in changes {
             tx.send(req).await.map_err(|_| StreamError::Closed)?;
         }
         if warm {
