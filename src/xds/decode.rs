@@ -215,4 +215,31 @@ pub fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+    page_out_descriptors();
+}
+
+/// The embedded descriptor set (~640 KB) is read only while a config is
+/// decoded; afterwards its pages would stay resident for nothing. They are
+/// clean pages of the executable's read-only data, so the kernel can drop
+/// them and fault them back in from the file if a later decode reads them.
+fn page_out_descriptors() {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = DESCRIPTORS.as_ptr() as usize;
+        let end = start + DESCRIPTORS.len();
+        // Only whole pages inside the array: its neighbours are not touched.
+        let first = start.div_ceil(PAGE) * PAGE;
+        let last = end / PAGE * PAGE;
+        if last > first {
+            // SAFETY: the range is page-aligned and lies wholly inside a
+            // `static` byte array in the executable's read-only mapping, which
+            // nothing ever writes. MADV_PAGEOUT only reclaims pages (clean file
+            // pages are dropped and re-read from the file on access); it never
+            // changes their contents. An error (old kernel) is harmless.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_PAGEOUT);
+            }
+        }
+    }
 }
