@@ -21,6 +21,18 @@ fn main() {
     set.file.push(udpa_typed_struct());
     let dst = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("envoy_descriptors.bin");
     fs::write(&dst, set.encode_to_vec()).expect("write descriptor set");
+    compile_own_protos();
+}
+
+/// The project's own .proto files (proto/), compiled by protox (pure Rust,
+/// no protoc) and turned into prost types and tonic stubs.
+fn compile_own_protos() {
+    const PROTOS: &[&str] = &["proto/remora/controlplane/v1/snapshot.proto"];
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(PROTOS, ["proto"]).unwrap_or_else(|e| panic!("compile proto/: {e}"));
+    tonic_prost_build::configure()
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("generate code for proto/: {e}"));
 }
 
 /// Where cargo unpacked the `envoy-types` package, asked of `cargo metadata`.

@@ -660,3 +660,180 @@ async fn remora_nacks_every_invalid_fixture_with_the_expected_text() {
     stop.cancel();
     served.shutdown().await;
 }
+
+/// The control plane dies and comes back on the same address with a changed
+/// config: remora keeps serving the last good config while it is gone
+/// (Envoy keeps its config indefinitely), reconnects with backoff,
+/// resubscribes, and converges on the new version.
+async fn survives_a_control_plane_restart(api_type: &str, protocol: Protocol) {
+    let reviews = upstream("reviews").await;
+    let reviews2 = upstream("reviews2").await;
+    let app = upstream("productpage").await;
+    let dir = sidecar_dir(app.addr, reviews.addr);
+    let served = serve(ControlPlane::from_dir(&dir.0).expect("loads")).await;
+    let addr = served.addr;
+    let (proxy, stop) = remora_client_with(&served, api_type).await;
+    let outbound = eventually("the outbound listener", || {
+        let addr = proxy.listener("virtualOutbound");
+        async move { addr }
+    })
+    .await;
+    served
+        .record("remora's LDS ACK", |r| r.type_url == LDS && !r.is_nack())
+        .await;
+
+    // Killed: every stream breaks.
+    served.shutdown().await;
+    eventually("remora to see the stream gone", || {
+        let connected = proxy.state.xds.lock().map(|x| x.connected).unwrap_or(true);
+        async move { (!connected).then_some(()) }
+    })
+    .await;
+    // While it is down, traffic keeps flowing on the last good config.
+    let mut c = H1::connect(outbound).await;
+    for _ in 0..20 {
+        assert_eq!(c.get("reviews:9080", "/").await.json()["upstream"], "reviews");
+    }
+
+    // It comes back on the same address, with the reviews endpoint moved.
+    dir.edit("clusters.yaml", |t| {
+        t.replace(
+            &format!("port_value: {}", reviews.addr.port()),
+            &format!("port_value: {}", reviews2.addr.port()),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("rebind the old address");
+    let cp = ControlPlane::from_dir(&dir.0).expect("loads");
+    let (stop_cp, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(cp.clone().serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let restarted = Served {
+        addr,
+        cp,
+        stop: stop_cp,
+        task,
+    };
+    let cds = restarted
+        .record("remora's CDS answer after reconnecting", |r| r.type_url == CDS)
+        .await;
+    assert_eq!((cds.protocol, cds.error.as_deref()), (protocol, None));
+    eventually("traffic on the restarted control plane's config", || {
+        let addr = outbound;
+        async move {
+            let up = H1::connect(addr).await.get("reviews:9080", "/").await.json()["upstream"].clone();
+            (up == "reviews2").then_some(())
+        }
+    })
+    .await;
+    assert!(proxy.state.xds.lock().map(|x| x.connected).unwrap_or(false));
+    stop.cancel();
+    restarted.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_client_survives_a_control_plane_restart() {
+    survives_a_control_plane_restart("GRPC", Protocol::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_client_survives_a_control_plane_restart() {
+    survives_a_control_plane_restart("DELTA_GRPC", Protocol::Delta).await;
+}
+
+/// The push API (proto/remora/controlplane/v1): a snapshot pushed over gRPC
+/// reaches an open ADS stream as a new version; a document that cannot be
+/// read fails the call with INVALID_ARGUMENT naming it and changes nothing;
+/// ACKs are listed with their node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_api_replaces_the_snapshot_and_lists_acks() {
+    use remora::controlplane::push::{api, SnapshotServiceClient};
+    let served = serve(ControlPlane::new()).await;
+    let mut push = within(
+        "connect the push client",
+        SnapshotServiceClient::connect(format!("http://{}", served.addr)),
+    )
+    .await
+    .expect("connect");
+    let mut ads = served.client().await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: node(),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut responses: Streaming<DiscoveryResponse> = ads
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+
+    let doc = "'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster\nname: pushed\nconnect_timeout: 1s\n";
+    let encoded = Cluster {
+        name: "encoded".into(),
+        ..Default::default()
+    };
+    let reply = push
+        .set_snapshot(api::SetSnapshotRequest {
+            documents: vec![doc.into()],
+            resources: vec![api::Resource {
+                type_url: CDS.into(),
+                name: "encoded".into(),
+                value: encoded.encode_to_vec(),
+            }],
+        })
+        .await
+        .expect("push accepted")
+        .into_inner();
+    assert_eq!(reply.resources, 2);
+    let resp = within("the pushed version on the stream", async {
+        loop {
+            let r = responses.message().await.expect("stream ok").expect("stream open");
+            if r.version_info == reply.version {
+                break r;
+            }
+        }
+    })
+    .await;
+    assert_eq!(cluster_names(&resp), set(&["encoded", "pushed"]));
+    tx.send(DiscoveryRequest {
+        node: node(),
+        type_url: CDS.into(),
+        version_info: resp.version_info.clone(),
+        response_nonce: resp.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("ack");
+
+    let bad = push
+        .set_snapshot(api::SetSnapshotRequest {
+            documents: vec![
+                "'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster\nname: x\nconnect_timeout: soon\n".into(),
+            ],
+            resources: vec![],
+        })
+        .await
+        .expect_err("an unreadable document is refused");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("documents[0]"), "{}", bad.message());
+    assert!(bad.message().contains("connect_timeout"), "{}", bad.message());
+    assert_eq!(served.cp.snapshot().version, reply.version, "nothing changed");
+
+    let acks = eventually("the ACK listed", || {
+        let mut push = push.clone();
+        let version = reply.version.clone();
+        async move {
+            let records = push.list_acks(api::ListAcksRequest {}).await.ok()?.into_inner().records;
+            records.into_iter().find(|r| r.version == version && !r.nack)
+        }
+    })
+    .await;
+    assert_eq!((acks.node.as_str(), acks.protocol.as_str()), (NODE, "sotw"));
+    drop(tx);
+    served.shutdown().await;
+}

@@ -2,11 +2,15 @@
 //! serves the resources of a directory (Envoy canonical JSON/YAML) to every
 //! node over ADS, state of the world and Delta, pushes a new version when
 //! the files change, and logs and records every ACK and NACK per node.
+//! Tools and tests can also replace what is served over its own gRPC API
+//! (`push.rs`, on the same port); a later change of the directory's files
+//! replaces a pushed snapshot again.
 //!
 //! It is a development tool, not a production control plane: every node
 //! gets the same resources, and nothing here feeds the proxy's own config.
 
 mod delta;
+pub mod push;
 pub mod snapshot;
 mod sotw;
 
@@ -235,6 +239,7 @@ impl ControlPlane {
         };
         let result = tonic::transport::Server::builder()
             .add_service(self.service(stop.clone()))
+            .add_service(push::Push::server(self.clone()))
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), signal)
             .await;
         stop.cancel();
@@ -432,7 +437,7 @@ pub async fn run(fixtures: PathBuf, listen: SocketAddr) -> i32 {
         .local_addr()
         .map_or_else(|_| listen.to_string(), |a| a.to_string());
     tracing::info!(%address, dir = %fixtures.display(), version = %snap.version, resources = snap.len(),
-        left_out = snap.errors.len(), "control plane serving ADS (SotW and Delta)");
+        left_out = snap.errors.len(), "control plane serving ADS (SotW and Delta) and its push API");
     match cp.serve(listener, stop_signal()).await {
         Ok(()) => {
             tracing::info!("control plane stopped");

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::xds::decode::{parse_document, release_memory, ApiPool};
 
-const TYPE_PREFIX: &str = "type.googleapis.com/";
+pub const TYPE_PREFIX: &str = "type.googleapis.com/";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
