@@ -95,9 +95,11 @@ impl ClusterMap {
                         && prev.config.connect_timeout == c.connect_timeout
                         && prev.config.idle_timeout == c.idle_timeout;
                     if same_transport {
+                        // By address: an EDS update may carry 10,000s of endpoints.
+                        let kept: HashMap<_, _> = prev.endpoints.iter().map(|p| (p.address, p)).collect();
                         for ep in &mut rt.endpoints {
-                            if let Some(kept) = prev.endpoints.iter().find(|p| p.address == ep.address) {
-                                *ep = kept.clone();
+                            if let Some(k) = kept.get(&ep.address) {
+                                *ep = Arc::clone(k);
                             }
                         }
                     }
