@@ -9,6 +9,7 @@ pub mod controlplane;
 pub mod demo;
 pub mod http;
 pub mod listener;
+pub mod policy;
 pub mod proxy;
 pub mod tcp;
 pub mod telemetry;

@@ -1,0 +1,8 @@
+//! Traffic policy with Envoy's semantics, each mechanism a small state
+//! machine over plain data: outlier detection, local rate limiting, fault
+//! injection, retries, circuit breaking and gRPC timeouts. Nothing here
+//! touches sockets; `http::proxy` composes them on the request path.
+
+pub mod fault;
+pub mod local_ratelimit;
+pub mod outlier;
