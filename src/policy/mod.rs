@@ -6,3 +6,8 @@
 pub mod fault;
 pub mod local_ratelimit;
 pub mod outlier;
+pub mod circuit_breaker;
+pub mod grpc_timeout;
+pub mod retry;
+pub mod retry_on;
+pub mod retry_state;
