@@ -407,7 +407,7 @@ async fn ads_follows_rds_and_eds_references_and_warms_before_serving() {
     // An invalid route update is NACKed; the old routes keep serving.
     let bad = resource(
         "envoy.config.route.v3.RouteConfiguration",
-        "name: main\nvirtual_hosts:\n- name: all\n  domains: [\"*\"]\n  routes:\n  - match: { prefix: / }\n    route: { cluster: a, retry_policy: { retry_on: 5xx } }",
+        "name: main\nvirtual_hosts:\n- name: all\n  domains: [\"*\"]\n  routes:\n  - match: { prefix: / }\n    route: { cluster: a, retry_policy: { retry_on: \"5xx,sometimes\" } }",
     );
     let nack = conn.push(RDS, "r2", "n6", vec![bad]).await;
     assert_eq!(nack.version_info, "r1");

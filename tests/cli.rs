@@ -133,8 +133,8 @@ fn check_names_the_field_path_of_each_error() {
         ),
         (
             "unsupported field that changes behaviour",
-            base("route: { cluster: backend }", "\n    circuit_breakers: { thresholds: [ { max_connections: 1 } ] }"),
-            "static_resources.clusters[0].circuit_breakers: not supported by remora yet (Cluster.circuit_breakers)".to_string(),
+            base("route: { cluster: backend }", "\n    upstream_bind_config: { source_address: { address: 127.0.0.2, port_value: 0 } }"),
+            "static_resources.clusters[0].upstream_bind_config: not supported by remora yet (Cluster.upstream_bind_config)".to_string(),
         ),
         (
             "unsupported filter",
@@ -169,7 +169,7 @@ fn check_names_the_field_path_of_each_error() {
     // Every error is printed, not only the first.
     let both = base(
         "route: { cluster: nowhere }",
-        "\n    circuit_breakers: {}\n    outlier_detection: {}",
+        "\n    upstream_bind_config: {}\n    outlier_detection: { max_ejection_percent: 101 }",
     );
     let path = write_config("many.yaml", &both);
     let (code, text) = run(&["check", "--config", path.to_str().unwrap()]);

@@ -86,6 +86,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         (&Method::GET, "/stats/prometheus") => {
             let mut body = state.registry.prometheus();
+            body.push_str(&crate::telemetry::prometheus::cluster_policy(&state.clusters.load()));
             if let Ok(x) = state.xds.lock() {
                 if x.server.is_some() {
                     body.push_str(&x.prometheus());

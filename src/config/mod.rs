@@ -13,6 +13,8 @@ pub mod route;
 
 pub use route::*;
 
+pub use crate::policy::{circuit_breaker::CircuitBreakers, outlier::OutlierConfig, retry::RetryPolicy};
+
 /// A whole proxy configuration, as a static bootstrap (or, later, xDS) gives it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Bootstrap {
@@ -212,6 +214,12 @@ pub struct Cluster {
     /// For `type: EDS`: the assignment name (`service_name`, else the cluster
     /// name) whose endpoints xDS delivers; `endpoints` are filled from it.
     pub eds: Option<String>,
+    /// `circuit_breakers` (Envoy's defaults 1024/1024/1024/3 when absent).
+    #[serde(serialize_with = "ser_debug")]
+    pub circuit_breakers: CircuitBreakers,
+    /// `outlier_detection`, when set.
+    #[serde(serialize_with = "ser_debug")]
+    pub outlier: Option<OutlierConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -265,6 +273,11 @@ pub struct DirectResponse {
     pub status: StatusCode,
     #[serde(serialize_with = "ser_bytes")]
     pub body: Option<Bytes>,
+}
+
+/// Policy configs are shown in `/config_dump` in their Rust form.
+pub(crate) fn ser_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:?}"))
 }
 
 pub(crate) fn ser_regex<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {

@@ -143,6 +143,9 @@ pub struct ForwardAction {
     pub timeout: Option<Duration>,
     #[serde(serialize_with = "ser_status_code")]
     pub cluster_not_found_status: StatusCode,
+    /// `retry_policy` of the route, else of its virtual host.
+    #[serde(serialize_with = "super::ser_debug")]
+    pub retry: Option<std::sync::Arc<super::RetryPolicy>>,
 }
 
 fn ser_status_code<S: serde::Serializer>(v: &StatusCode, s: S) -> Result<S::Ok, S::Error> {

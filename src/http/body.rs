@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::client::Release;
-use crate::telemetry::stats::ClusterStats;
+use crate::{policy::circuit_breaker::RequestGuard, telemetry::stats::ClusterStats};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -32,6 +32,9 @@ pub struct UpstreamBody {
     deadline: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
     stats: Arc<ClusterStats>,
+    /// The request's slot of the cluster's `max_requests`, held until the
+    /// response has been streamed (Envoy counts a request active until then).
+    _request_slot: Option<RequestGuard>,
 }
 
 impl ProxyBody {
@@ -49,6 +52,7 @@ impl ProxyBody {
         release: Release,
         deadline: Option<Instant>,
         stats: Arc<ClusterStats>,
+        request_slot: RequestGuard,
     ) -> ProxyBody {
         let mut body = UpstreamBody {
             inner,
@@ -56,6 +60,7 @@ impl ProxyBody {
             deadline,
             sleep: None,
             stats,
+            _request_slot: Some(request_slot),
         };
         if body.inner.is_end_stream() {
             body.finish();

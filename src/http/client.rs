@@ -23,9 +23,13 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::error::{classify_upstream, ProxyError};
+use super::{
+    error::{classify_upstream, ProxyError},
+    request_body::RequestBody,
+};
 use crate::{
     config::{Cluster, UpstreamProtocol},
+    policy::circuit_breaker::{Breaker, ConnGuard, PendingGuard},
     telemetry::stats::{ClusterStats, Counter, Gauge},
 };
 
@@ -51,7 +55,10 @@ pub struct EndpointPool {
     h2_conn_window: u32,
     pub cluster_stats: Arc<ClusterStats>,
     pub stats: Arc<EndpointStats>,
-    idle_h1: Mutex<Vec<(http1::SendRequest<Incoming>, Instant)>>,
+    /// The cluster's circuit breaker: every connection holds a slot of
+    /// `max_connections` for as long as it is open.
+    breaker: Breaker,
+    idle_h1: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
     h2: Mutex<Vec<H2Conn>>,
     /// One HTTP/2 handshake at a time, so a burst shares the new connection.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -59,7 +66,7 @@ pub struct EndpointPool {
 
 #[derive(Clone)]
 struct H2Conn {
-    sender: http2::SendRequest<Incoming>,
+    sender: http2::SendRequest<RequestBody>,
     streams: Arc<AtomicUsize>,
 }
 
@@ -77,7 +84,7 @@ impl Drop for StreamSlot {
 /// back, or free an HTTP/2 stream slot.
 pub enum Release {
     Http1 {
-        sender: http1::SendRequest<Incoming>,
+        sender: http1::SendRequest<RequestBody>,
         pool: Arc<EndpointPool>,
     },
     Http2(StreamSlot),
@@ -96,7 +103,7 @@ impl Release {
 }
 
 impl EndpointPool {
-    pub fn new(address: SocketAddr, cluster: &Cluster, cluster_stats: Arc<ClusterStats>) -> Self {
+    pub fn new(address: SocketAddr, cluster: &Cluster, cluster_stats: Arc<ClusterStats>, breaker: Breaker) -> Self {
         EndpointPool {
             address,
             protocol: cluster.protocol,
@@ -107,6 +114,7 @@ impl EndpointPool {
             h2_conn_window: cluster.http2.initial_connection_window_size,
             cluster_stats,
             stats: Arc::default(),
+            breaker,
             idle_h1: Mutex::new(Vec::new()),
             h2: Mutex::new(Vec::new()),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -119,7 +127,10 @@ impl EndpointPool {
 
     /// Sends a request on a pooled (or new) connection. Returns the response
     /// and what its body must release when it ends.
-    pub async fn send(self: &Arc<Self>, req: Request<Incoming>) -> Result<(Response<Incoming>, Release), ProxyError> {
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Release), ProxyError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
                 let mut sender = self.checkout_h1().await?;
@@ -141,12 +152,12 @@ impl EndpointPool {
     }
 
     /// An HTTP/1.1 connection for an upgrade (the connection is not returned).
-    pub async fn send_upgrade(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send_upgrade(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
         let mut sender = self.checkout_h1().await?;
         sender.send_request(req).await.map_err(|e| classify_upstream(&e))
     }
 
-    async fn checkout_h1(&self) -> Result<http1::SendRequest<Incoming>, ProxyError> {
+    async fn checkout_h1(&self) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
         let now = Instant::now();
         if let Ok(mut idle) = self.idle_h1.lock() {
             while let Some((sender, since)) = idle.pop() {
@@ -157,7 +168,8 @@ impl EndpointPool {
                 // Closed by the peer, or idle too long: dropping it closes it.
             }
         }
-        let stream = self.connect().await?;
+        let _pending = self.pending()?;
+        let (stream, slot) = self.connect().await?;
         let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(pair) => pair,
             Err(e) => {
@@ -176,11 +188,12 @@ impl EndpointPool {
             }
             pool_stats.upstream_cx_active.dec();
             me.cx_active.dec();
+            drop(slot);
         });
         Ok(sender)
     }
 
-    async fn checkout_h2(&self) -> Result<(http2::SendRequest<Incoming>, StreamSlot), ProxyError> {
+    async fn checkout_h2(&self) -> Result<(http2::SendRequest<RequestBody>, StreamSlot), ProxyError> {
         if let Some(found) = self.find_h2() {
             return Ok(found);
         }
@@ -189,7 +202,8 @@ impl EndpointPool {
         if let Some(found) = self.find_h2() {
             return Ok(found);
         }
-        let stream = self.connect().await?;
+        let _pending = self.pending()?;
+        let (stream, slot) = self.connect().await?;
         let handshake = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(self.h2_stream_window)
             .initial_connection_window_size(self.h2_conn_window)
@@ -213,6 +227,7 @@ impl EndpointPool {
             }
             pool_stats.upstream_cx_active.dec();
             me.cx_active.dec();
+            drop(slot);
         });
         let streams = Arc::new(AtomicUsize::new(1));
         if let Ok(mut conns) = self.h2.lock() {
@@ -225,7 +240,7 @@ impl EndpointPool {
         Ok((sender, StreamSlot(streams)))
     }
 
-    fn find_h2(&self) -> Option<(http2::SendRequest<Incoming>, StreamSlot)> {
+    fn find_h2(&self) -> Option<(http2::SendRequest<RequestBody>, StreamSlot)> {
         let mut conns = self.h2.lock().ok()?;
         conns.retain(|c| !c.sender.is_closed());
         for c in conns.iter() {
@@ -238,15 +253,32 @@ impl EndpointPool {
         None
     }
 
-    async fn connect(&self) -> Result<TcpStream, ProxyError> {
+    /// A request waiting for a new connection is pending (Envoy's
+    /// `max_pending_requests`) until the connection is ready.
+    fn pending(&self) -> Result<PendingGuard, ProxyError> {
+        self.breaker.try_pending().ok_or_else(|| {
+            self.cluster_stats.upstream_rq_pending_overflow.inc();
+            ProxyError::Overflow("max_pending_requests")
+        })
+    }
+
+    /// A new connection, within the cluster's `max_connections`. remora does
+    /// not queue a request for a connection slot: at the limit it fails at
+    /// once with overflow (503 UO), where Envoy would hold it pending (up to
+    /// `max_pending_requests`) until a connection frees.
+    async fn connect(&self) -> Result<(TcpStream, ConnGuard), ProxyError> {
         let stats = &self.cluster_stats;
+        let Some(slot) = self.breaker.try_connection() else {
+            stats.upstream_cx_overflow.inc();
+            return Err(ProxyError::Overflow("max_connections"));
+        };
         stats.upstream_cx_total.inc();
         let result = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address)).await;
         match result {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 stats.upstream_cx_active.inc();
-                Ok(stream)
+                Ok((stream, slot))
             }
             Ok(Err(e)) => {
                 stats.upstream_cx_connect_fail.inc();
@@ -264,11 +296,11 @@ impl EndpointPool {
 
     /// A raw TCP connection to this endpoint (for `tcp_proxy`), counted in
     /// the cluster's connection stats; the caller decrements `upstream_cx_active`.
-    pub async fn connect_tcp(&self) -> Result<TcpStream, ProxyError> {
+    pub async fn connect_tcp(&self) -> Result<(TcpStream, ConnGuard), ProxyError> {
         self.connect().await
     }
 
-    fn give_back(&self, sender: http1::SendRequest<Incoming>) {
+    fn give_back(&self, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }

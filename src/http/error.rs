@@ -43,6 +43,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("HTTP/1.0 is not accepted")]
     Http10NotAllowed,
+    /// A circuit breaker is open (max_connections, max_pending_requests or
+    /// max_requests reached): 503 with `x-envoy-overloaded`, flag UO.
+    #[error("upstream overflow: {0}")]
+    Overflow(&'static str),
 }
 
 /// Which side of the proxy a failure belongs to.
@@ -99,6 +103,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "UT",
             ProxyError::UpstreamReset(_) => "UC",
             ProxyError::UpstreamProtocol(_) => "UPE",
+            ProxyError::Overflow(_) => "UO",
             ProxyError::UpgradeNotAllowed(_) => "",
             ProxyError::DownstreamProtocol(_)
             | ProxyError::Codec(_)
@@ -119,6 +124,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_response_timeout",
             ProxyError::UpstreamReset(_) => "upstream_reset_before_response_started{connection_termination}",
             ProxyError::UpstreamProtocol(_) => "upstream_reset_before_response_started{protocol_error}",
+            ProxyError::Overflow(_) => "upstream_reset_before_response_started{overflow}",
             ProxyError::UpgradeNotAllowed(_) => "upgrade_failed",
             ProxyError::DownstreamProtocol(_) | ProxyError::Codec(_) => "codec_error",
             ProxyError::BadRequest(d) => d,
@@ -145,6 +151,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamProtocol(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: protocol error".into()
+            }
+            ProxyError::Overflow(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()
             }
             ProxyError::DownstreamProtocol(_) | ProxyError::Codec(_) => "Bad Request".into(),
             ProxyError::BadRequest(_) => String::new(),

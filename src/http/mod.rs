@@ -7,6 +7,8 @@ pub mod error;
 pub mod headers;
 pub mod proxy;
 mod request;
+pub mod request_body;
 pub mod route;
 pub mod server;
 pub mod upgrade;
+pub mod upstream;

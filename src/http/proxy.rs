@@ -21,7 +21,9 @@ use super::{
     error::{local_reply, ProxyError},
     headers::{apply_request_ops, apply_response_ops, sanitize, strip_hop_by_hop, upgrade_type, Sanitize},
     request::{append_xff, new_request_id, request_host, validate, LoggedRequest},
+    request_body::RequestBody,
     route::{is_grpc, RouteTable},
+    upstream::{self, Forwarded},
 };
 use crate::{
     balance::{ClusterMap, ClusterRuntime},
@@ -40,6 +42,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 
 /// Everything one HTTP connection manager needs, built once per config.
@@ -150,6 +153,10 @@ impl HttpProxy {
                 outcome.details = e.details();
                 tracing::debug!(error = %e, flag = e.flag(), "local reply");
                 let mut resp = local_reply(&e, grpc);
+                if matches!(e, ProxyError::Overflow(_)) && !self.hcm.suppress_envoy_headers {
+                    resp.headers_mut()
+                        .insert(&X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+                }
                 if let Some(r) = route {
                     self.route_response_ops(&mut resp, r.vh, r.route, r.weighted);
                 }
@@ -292,55 +299,63 @@ impl HttpProxy {
             }
         }
 
-        let Some(endpoint) = cluster.pick() else {
-            cluster.stats.upstream_cx_none_healthy.inc();
-            return Err(fail(ProxyError::NoHealthyUpstream, at));
-        };
-        outcome.upstream = Some(endpoint.address);
-        let cstats = &cluster.stats;
-        cstats.upstream_rq_total.inc();
-        endpoint.stats.rq_total.inc();
-        let _rq_active = ActiveGuard::new(&cstats.upstream_rq_active);
-
-        let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let deadline = action.timeout.map(|t| Instant::now() + t);
         let upstream_started = StdInstant::now();
-        let sent = async {
-            if upgrade.is_some() {
-                endpoint.send_upgrade(req).await.map(|r| (r, Release::None))
-            } else {
-                endpoint.send(req).await
-            }
+        let cstats = &cluster.stats;
+        let result = if upgrade.is_some() {
+            // An upgrade is one attempt on a connection of its own.
+            let downstream_upgrade = hyper::upgrade::on(&mut req);
+            let Some(endpoint) = cluster.pick() else {
+                cstats.upstream_cx_none_healthy.inc();
+                return Err(fail(ProxyError::NoHealthyUpstream, at));
+            };
+            outcome.upstream = Some(endpoint.address);
+            cstats.upstream_rq_total.inc();
+            endpoint.stats.rq_total.inc();
+            let Some(slot) = cluster.breaker.try_request() else {
+                cstats.upstream_rq_pending_overflow.inc();
+                return Err(fail(ProxyError::Overflow("max_requests"), at));
+            };
+            let sent = endpoint.send_upgrade(req.map(RequestBody::Stream));
+            with_deadline(deadline, sent).await.map(|resp| {
+                (
+                    Forwarded {
+                        resp,
+                        release: Release::None,
+                        endpoint: endpoint.clone(),
+                        request_slot: slot,
+                    },
+                    Some(downstream_upgrade),
+                )
+            })
+        } else {
+            let sent = upstream::forward(
+                &cluster,
+                req,
+                action.retry.as_deref(),
+                action.timeout,
+                &mut outcome.upstream,
+            );
+            with_deadline(deadline, sent).await.map(|f| (f, None))
         };
-        let result = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, sent).await {
-                Ok(r) => r,
-                Err(_) => {
-                    cstats.upstream_rq_timeout.inc();
-                    endpoint.stats.rq_timeout.inc();
-                    self.stats.downstream_rq_timeout.inc();
-                    Err(ProxyError::UpstreamTimeout)
-                }
-            },
-            None => sent.await,
-        };
-        let (mut resp, release) = match result {
+        let (forwarded, downstream_upgrade) = match result {
             Ok(r) => r,
             Err(e) => {
-                endpoint.stats.rq_error.inc();
-                if matches!(e, ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_)) {
-                    cstats.upstream_rq_rx_reset.inc();
+                if matches!(e, ProxyError::UpstreamTimeout) {
+                    cstats.upstream_rq_timeout.inc();
+                    self.stats.downstream_rq_timeout.inc();
                 }
                 return Err(fail(e, at));
             }
         };
+        let Forwarded {
+            mut resp,
+            release,
+            endpoint: _,
+            request_slot,
+        } = forwarded;
         let status = resp.status();
         cstats.response(status.as_u16());
-        if status.is_server_error() {
-            endpoint.stats.rq_error.inc();
-        } else {
-            endpoint.stats.rq_success.inc();
-        }
 
         let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
         if let (true, Some(down)) = (upgraded, downstream_upgrade) {
@@ -357,7 +372,7 @@ impl HttpProxy {
         let body = if upgraded {
             ProxyBody::empty()
         } else {
-            ProxyBody::upstream(body, release, deadline, cluster.stats.clone())
+            ProxyBody::upstream(body, release, deadline, cluster.stats.clone(), request_slot)
         };
         let mut resp = Response::from_parts(parts, body);
         self.route_response_ops(&mut resp, vh, route, weighted.map(|w| &w.headers));
@@ -526,5 +541,18 @@ impl HttpProxy {
         for (format, sink) in &self.access_logs {
             sink.write(&format.render(&entry));
         }
+    }
+}
+
+/// Runs `f` under the route's deadline: 504 UT when it passes first.
+async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    f: impl std::future::Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f)
+            .await
+            .unwrap_or(Err(ProxyError::UpstreamTimeout)),
+        None => f.await,
     }
 }

@@ -3,11 +3,11 @@
 //! injection, retries, circuit breaking and gRPC timeouts. Nothing here
 //! touches sockets; `http::proxy` composes them on the request path.
 
+pub mod circuit_breaker;
 pub mod fault;
+pub mod grpc_timeout;
 pub mod local_ratelimit;
 pub mod outlier;
-pub mod circuit_breaker;
-pub mod grpc_timeout;
 pub mod retry;
 pub mod retry_on;
 pub mod retry_state;

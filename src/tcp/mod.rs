@@ -48,7 +48,7 @@ impl TcpProxyRuntime {
             tracing::debug!(cluster = name, "tcp: no healthy upstream (UH)");
             return;
         };
-        let upstream = match endpoint.connect_tcp().await {
+        let (upstream, _cx_slot) = match endpoint.connect_tcp().await {
             Ok(s) => s,
             Err(e) => {
                 // As Envoy: the downstream connection is closed (flag UF).

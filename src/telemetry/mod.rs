@@ -1,7 +1,7 @@
 //! Logging setup, stats counters, access logs. Traces (OTLP) come later.
 
 pub mod access_log;
-mod prometheus;
+pub mod prometheus;
 pub mod stats;
 
 use tracing_subscriber::EnvFilter;

@@ -293,6 +293,78 @@ impl Registry {
         );
         family!(
             clusters,
+            "envoy_cluster_upstream_cx_overflow",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_overflow.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_pending_overflow",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_pending_overflow.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_per_try_timeout",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_per_try_timeout.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_retry",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_retry.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_retry_success",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_retry_success.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_retry_overflow",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_retry_overflow.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_retry_limit_exceeded",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_retry_limit_exceeded.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_retry_backoff_exponential",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_retry_backoff_exponential.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_retry_or_shadow_abandoned",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.retry_or_shadow_abandoned.get()
+        );
+        family!(
+            clusters,
             "envoy_cluster_upstream_rq_timeout",
             "counter",
             "envoy_cluster_name",
@@ -378,4 +450,64 @@ impl Registry {
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Per-cluster policy state that lives in the cluster runtimes rather than
+/// the registry: circuit breaker gauges (Envoy's
+/// `cluster.<name>.circuit_breakers.default.*`) and outlier detection
+/// counters (`cluster.<name>.outlier_detection.*`).
+pub fn cluster_policy(map: &crate::balance::ClusterMap) -> String {
+    let mut out = String::new();
+    let clusters: Vec<_> = map.iter().collect();
+    type Gauge = fn(&crate::policy::circuit_breaker::Breaker) -> u64;
+    let breaker_gauges: [(&str, Gauge); 8] = [
+        ("cx_open", |b| u64::from(b.cx_open())),
+        ("rq_pending_open", |b| u64::from(b.rq_pending_open())),
+        ("rq_open", |b| u64::from(b.rq_open())),
+        ("rq_retry_open", |b| u64::from(b.rq_retry_open())),
+        ("remaining_cx", |b| b.remaining_cx()),
+        ("remaining_pending", |b| b.remaining_pending()),
+        ("remaining_rq", |b| b.remaining_rq()),
+        ("remaining_retries", |b| b.remaining_retries()),
+    ];
+    for (stat, value) in breaker_gauges {
+        // Envoy publishes remaining_* only with `track_remaining`.
+        let shown: Vec<_> = clusters
+            .iter()
+            .filter(|c| !stat.starts_with("remaining") || c.breaker.thresholds().track_remaining)
+            .collect();
+        if shown.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "# TYPE envoy_cluster_circuit_breakers_default_{stat} gauge");
+        for c in shown {
+            let _ = writeln!(
+                out,
+                "envoy_cluster_circuit_breakers_default_{stat}{{envoy_cluster_name=\"{}\"}} {}",
+                escape(c.name()),
+                value(&c.breaker)
+            );
+        }
+    }
+    let with_outlier: Vec<_> = clusters
+        .iter()
+        .filter_map(|c| c.outlier.as_ref().map(|o| (c.name(), o.stats().named())))
+        .collect();
+    if let Some((_, first)) = with_outlier.first() {
+        for (i, (stat, _)) in first.iter().enumerate() {
+            let metric = format!("envoy_cluster_{}", stat.replace('.', "_"));
+            let kind = if stat.ends_with("ejections_active") {
+                "gauge"
+            } else {
+                "counter"
+            };
+            let _ = writeln!(out, "# TYPE {metric} {kind}");
+            for (name, stats) in &with_outlier {
+                if let Some((_, v)) = stats.get(i) {
+                    let _ = writeln!(out, "{metric}{{envoy_cluster_name=\"{}\"}} {v}", escape(name));
+                }
+            }
+        }
+    }
+    out
 }

@@ -125,6 +125,11 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
             None => f.error(format!("upstream filter '{fname}' needs a typed_config")),
         }
     }
+    let circuit_breakers = m
+        .msg("circuit_breakers")
+        .map(super::policy::circuit_breakers)
+        .unwrap_or_default();
+    let outlier = m.msg("outlier_detection").map(super::policy::outlier_detection);
     m.ignore("cleanup_interval");
     m.ignore("close_connections_on_host_health_failure");
     m.ignore("ignore_health_on_host_removal");
@@ -137,6 +142,8 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
         idle_timeout,
         endpoints,
         eds,
+        circuit_breakers,
+        outlier,
     })
 }
 

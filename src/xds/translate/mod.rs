@@ -19,6 +19,7 @@ mod access_log;
 mod bootstrap;
 mod cluster;
 mod listener;
+mod policy;
 mod route;
 mod tcp;
 #[cfg(test)]
@@ -359,6 +360,22 @@ impl<'c, 'p> Msg<'c, 'p> {
                     _ => None,
                 })
                 .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn f64(&mut self, name: &str) -> Option<f64> {
+        match self.take(name) {
+            Some(Value::F64(v)) => Some(v),
+            Some(Value::F32(v)) => Some(f64::from(v)),
+            _ => None,
+        }
+    }
+
+    /// A repeated integer field.
+    pub fn u32s(&mut self, name: &str) -> Vec<u32> {
+        match self.take(name) {
+            Some(Value::List(items)) => items.into_iter().filter_map(|v| v.as_u32()).collect(),
             _ => Vec::new(),
         }
     }

@@ -311,18 +311,17 @@ fn route_action(mut m: Msg<'_, '_>) -> Option<ForwardAction> {
     };
     m.ignore("priority");
     m.ignore("include_vh_rate_limits");
-    if let Some(rp) = m.msg("retry_policy") {
-        // A policy that cannot retry anything is the same as none.
-        let path = rp.path.clone();
-        rp.abandon();
-        ctx.error(&path, "retry policies are not supported yet");
-    }
+    let retry = m
+        .msg("retry_policy")
+        .and_then(super::policy::retry_policy)
+        .map(std::sync::Arc::new);
     Some(ForwardAction {
         target,
         prefix_rewrite,
         host_rewrite,
         timeout,
         cluster_not_found_status,
+        retry,
     })
 }
 

@@ -104,9 +104,32 @@ fn bad_input_names_the_field_path() {
             format!("{ROUTE0}.match.safe_regex.regex: invalid regex '('"),
         ),
         (
-            "retry policy not yet",
-            bootstrap("route: { cluster: c, retry_policy: { retry_on: 5xx } }", "", ""),
-            format!("{ROUTE0}.route.retry_policy: retry policies are not supported yet"),
+            "unknown retry_on word",
+            bootstrap("route: { cluster: c, retry_policy: { retry_on: \"5xx,5xxx\" } }", "", ""),
+            format!("{ROUTE0}.route.retry_policy.retry_on: unknown retry_on value \"5xxx\""),
+        ),
+        (
+            "retry back-off max below base",
+            bootstrap(
+                "route: { cluster: c, retry_policy: { retry_on: 5xx, retry_back_off: { base_interval: 1s, max_interval: 0.5s } } }",
+                "",
+                "",
+            ),
+            format!("{ROUTE0}.route.retry_policy.retry_back_off: "),
+        ),
+        (
+            "outlier percentage over 100",
+            bootstrap("route: { cluster: c }", "\n    outlier_detection: { max_ejection_percent: 150 }", ""),
+            format!("{CLUSTER0}.outlier_detection: outlier_detection.max_ejection_percent must be at most 100"),
+        ),
+        (
+            "retry budget over 100%",
+            bootstrap(
+                "route: { cluster: c }",
+                "\n    circuit_breakers: { thresholds: [ { retry_budget: { budget_percent: { value: 120 } } } ] }",
+                "",
+            ),
+            format!("{CLUSTER0}.circuit_breakers.thresholds[0]: retry_budget.budget_percent must be between 0 and 100"),
         ),
         (
             "unknown lb policy",

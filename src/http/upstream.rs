@@ -1,0 +1,230 @@
+//! The upstream half of one request, composed in one place and read top to
+//! bottom: circuit breaker (max_requests) -> replay buffer (when retries are
+//! possible) -> per attempt: endpoint choice (skipping ejected hosts and,
+//! on retries, previous hosts) -> send with the per-try timeout -> the
+//! outlier detector observes the result -> the retry state decides.
+//! The route timeout wraps all of it (in `proxy.rs`).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{
+    client::{EndpointPool, Release},
+    error::ProxyError,
+    request_body::{buffer_for_replay, RequestBody},
+};
+use crate::{
+    balance::ClusterRuntime,
+    policy::{
+        circuit_breaker::RequestGuard,
+        outlier::Outcome,
+        retry::{AttemptOutcome, ResetPhase, RetryPolicy},
+        retry_state::{RetryDecision, RetryState, DEFAULT_REPLAY_LIMIT},
+    },
+    telemetry::stats::{ActiveGuard, ClusterStats},
+};
+
+/// A response from the upstream, with what must live as long as its body.
+pub struct Forwarded {
+    pub resp: Response<Incoming>,
+    pub release: Release,
+    pub endpoint: Arc<EndpointPool>,
+    pub request_slot: RequestGuard,
+}
+
+/// Sends `req` to `cluster` under its circuit breaker, outlier detection
+/// and the route's retry policy. `upstream` is set to each endpoint tried
+/// (the last one is what the access log shows).
+pub async fn forward(
+    cluster: &ClusterRuntime,
+    req: Request<Incoming>,
+    retry: Option<&RetryPolicy>,
+    route_timeout: Option<Duration>,
+    upstream: &mut Option<SocketAddr>,
+) -> Result<Forwarded, ProxyError> {
+    let cstats = &cluster.stats;
+    // Envoy counts max_requests overflow as a pending overflow too.
+    let Some(request_slot) = cluster.breaker.try_request() else {
+        cstats.upstream_rq_pending_overflow.inc();
+        return Err(ProxyError::Overflow("max_requests"));
+    };
+    let _rq_active = ActiveGuard::new(&cstats.upstream_rq_active);
+    let deadline = route_timeout.map(|t| Instant::now() + t);
+
+    let Some(policy) = retry else {
+        // No retry policy: one attempt, the body streamed through.
+        let req = req.map(RequestBody::Stream);
+        let (endpoint, result) = attempt(cluster, req, None, |_| true, upstream).await;
+        let endpoint = endpoint?;
+        let (resp, release) = result?;
+        return Ok(Forwarded {
+            resp,
+            release,
+            endpoint,
+            request_slot,
+        });
+    };
+
+    let mut state = RetryState::new(policy, &req, deadline);
+    let (parts, body) = req.into_parts();
+    let body = if state.buffers_body() {
+        buffer_for_replay(body, DEFAULT_REPLAY_LIMIT)
+            .await
+            .map_err(|e| ProxyError::DownstreamProtocol(if e.is_timeout() { "timeout" } else { "request body" }))?
+    } else {
+        RequestBody::Stream(body)
+    };
+    let replayable = matches!(body, RequestBody::Replay(..));
+    if !replayable && state.buffers_body() {
+        // Envoy: a body past the buffer limit is sent once, never retried.
+        cstats.retry_or_shadow_abandoned.inc();
+        state.body_overflowed();
+    }
+    let per_try = policy.per_try_timeout_within(route_timeout);
+    let mut next_body = Some(body);
+    loop {
+        let body = match next_body.take() {
+            Some(b) => {
+                next_body = b.replay();
+                b
+            }
+            None => return Err(ProxyError::UpstreamReset("request body cannot be replayed".into())),
+        };
+        let mut req = Request::from_parts(clone_parts(&parts), body);
+        if state.attempt_count() > 1 {
+            req.headers_mut()
+                .insert("x-envoy-attempt-count", HeaderValue::from(state.attempt_count()));
+        }
+        let (endpoint, result) = attempt(cluster, req, per_try, |a| state.host_ok(a), upstream).await;
+        if let Ok(ep) = &endpoint {
+            state.attempted_host(ep.address);
+        }
+        let decision = {
+            let outcome = match (&endpoint, &result) {
+                (Err(e), _) | (_, Err(e)) => attempt_outcome(e),
+                (_, Ok((resp, _))) => AttemptOutcome::Response {
+                    status: resp.status().as_u16(),
+                    headers: resp.headers(),
+                },
+            };
+            state.next(&outcome, &cluster.breaker, Instant::now())
+        };
+        match decision {
+            RetryDecision::Retry { after } => {
+                cstats.upstream_rq_retry.inc();
+                cstats.upstream_rq_retry_backoff_exponential.inc();
+                drop(result);
+                tokio::time::sleep(after).await;
+                state.start_retry();
+            }
+            RetryDecision::NoRetry(reason) => {
+                if let Some(name) = reason.stat_name() {
+                    count(cstats, name);
+                }
+                let endpoint = endpoint?;
+                let (resp, release) = result?;
+                return Ok(Forwarded {
+                    resp,
+                    release,
+                    endpoint,
+                    request_slot,
+                });
+            }
+        }
+    }
+}
+
+type AttemptResult = Result<(Response<Incoming>, Release), ProxyError>;
+
+/// One attempt: pick an endpoint, send, report to the outlier detector.
+async fn attempt(
+    cluster: &ClusterRuntime,
+    req: Request<RequestBody>,
+    per_try: Option<Duration>,
+    host_ok: impl Fn(SocketAddr) -> bool,
+    upstream: &mut Option<SocketAddr>,
+) -> (Result<Arc<EndpointPool>, ProxyError>, AttemptResult) {
+    let Some(endpoint) = cluster.pick_where(host_ok).cloned() else {
+        cluster.stats.upstream_cx_none_healthy.inc();
+        return (Err(ProxyError::NoHealthyUpstream), Err(ProxyError::NoHealthyUpstream));
+    };
+    *upstream = Some(endpoint.address);
+    let cstats = &cluster.stats;
+    cstats.upstream_rq_total.inc();
+    endpoint.stats.rq_total.inc();
+    let sent = endpoint.send(req);
+    let result = match per_try {
+        Some(t) => match tokio::time::timeout(t, sent).await {
+            Ok(r) => r,
+            Err(_) => {
+                cstats.upstream_rq_per_try_timeout.inc();
+                endpoint.stats.rq_timeout.inc();
+                Err(ProxyError::UpstreamTimeout)
+            }
+        },
+        None => sent.await,
+    };
+    if let Some(o) = &cluster.outlier {
+        let observed = match &result {
+            Ok((resp, _)) => Some(Outcome::Http(resp.status().as_u16())),
+            Err(ProxyError::ConnectFailure(_) | ProxyError::ConnectTimeout) => Some(Outcome::ConnectFailure),
+            Err(ProxyError::UpstreamTimeout) => Some(Outcome::Timeout),
+            Err(ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_)) => Some(Outcome::Reset),
+            // Breaker overflow says nothing about the host (Envoy issue 25487).
+            Err(_) => None,
+        };
+        if let Some(outcome) = observed {
+            if o.report(endpoint.address, outcome, Instant::now()).is_some() {
+                tracing::info!(cluster = %cluster.name(), host = %endpoint.address, "outlier ejected");
+                cluster.update_healthy();
+            }
+        }
+    }
+    match &result {
+        Ok((resp, _)) if resp.status().is_server_error() => endpoint.stats.rq_error.inc(),
+        Ok(_) => endpoint.stats.rq_success.inc(),
+        Err(e) => {
+            endpoint.stats.rq_error.inc();
+            if matches!(e, ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_)) {
+                cstats.upstream_rq_rx_reset.inc();
+            }
+        }
+    }
+    (Ok(endpoint), result)
+}
+
+fn attempt_outcome(e: &ProxyError) -> AttemptOutcome<'static> {
+    match e {
+        ProxyError::ConnectFailure(_) | ProxyError::ConnectTimeout | ProxyError::NoHealthyUpstream => {
+            AttemptOutcome::ConnectFailure
+        }
+        ProxyError::Overflow(_) => AttemptOutcome::Overflow,
+        ProxyError::UpstreamTimeout => AttemptOutcome::Timeout { request_started: true },
+        _ => AttemptOutcome::Reset {
+            phase: ResetPhase::BeforeResponse,
+        },
+    }
+}
+
+fn count(stats: &ClusterStats, name: &str) {
+    match name {
+        "upstream_rq_retry_success" => stats.upstream_rq_retry_success.inc(),
+        "upstream_rq_retry_overflow" => stats.upstream_rq_retry_overflow.inc(),
+        "upstream_rq_retry_limit_exceeded" => stats.upstream_rq_retry_limit_exceeded.inc(),
+        "retry_or_shadow_abandoned" => stats.retry_or_shadow_abandoned.inc(),
+        _ => {}
+    }
+}
+
+/// The head of a request, for another attempt (extensions are not carried).
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}

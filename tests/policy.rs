@@ -1,0 +1,225 @@
+//! Traffic policy through the proxy, with real upstreams that fail on
+//! command: retries turning a failing host's 503s into 200s, outlier
+//! detection ejecting a failing host and letting it back, and the circuit
+//! breaker answering overflow under concurrency. Each test names the Envoy
+//! behaviour it checks.
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper::{service::service_fn, Response};
+use hyper_util::rt::TokioIo;
+
+/// An upstream that answers every request with `status`, counting them.
+async fn failing(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"failing\n")));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+fn route_with(extra: &str) -> String {
+    format!(
+        r#"route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: {{ prefix: / }}
+      route:
+        cluster: svc
+{}"#,
+        indent(extra, 8)
+    )
+}
+
+async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let text = H1::connect(admin).await.get("admin", "/stats/prometheus").await.text();
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains("envoy_cluster_name=\"svc\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Envoy: `retry_on: 5xx` with `num_retries: 3` and the previous_hosts
+/// predicate retries a 503 on another host, so every request succeeds while
+/// one of two hosts fails; `upstream_rq_retry` and `_retry_success` count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_turn_a_failing_hosts_503s_into_200s() {
+    let good = upstream("good").await;
+    let (bad, bad_hits) = failing(503).await;
+    let retry = r#"retry_policy:
+  retry_on: 5xx
+  num_retries: 3
+  retry_host_predicate:
+  - name: envoy.retry_host_predicates.previous_hosts
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"#;
+    let p = proxy(&http_bootstrap(
+        &route_with(retry),
+        &cluster("svc", &[bad, good.addr], false, ""),
+    ))
+    .await;
+    let mut c = H1::connect(p.listener("http").expect("listener")).await;
+    for i in 0..20 {
+        let r = c.get("svc", "/").await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.json()["upstream"], "good");
+    }
+    assert!(
+        bad_hits.load(Ordering::SeqCst) >= 5,
+        "round robin sent first attempts to the bad host"
+    );
+    let admin = p.admin.expect("admin");
+    assert!(metric(admin, "envoy_cluster_upstream_rq_retry{").await >= 5.0);
+    assert!(metric(admin, "envoy_cluster_upstream_rq_retry_success").await >= 5.0);
+}
+
+/// Envoy: without `retriable-4xx` or a status list, a 404 is not retried;
+/// with `num_retries: 1` (the default) a host failing twice answers 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_that_must_not_happen() {
+    let (bad, hits) = failing(503).await;
+    let (missing, missing_hits) = failing(404).await;
+    let retry = "retry_policy: { retry_on: \"5xx\" }";
+    let clusters = cluster("svc", &[bad], false, "") + &cluster("nf", &[missing], false, "");
+    let hcm = format!(
+        r#"route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: {{ prefix: /nf }}
+      route: {{ cluster: nf, {retry} }}
+    - match: {{ prefix: / }}
+      route: {{ cluster: svc, {retry} }}"#
+    );
+    let p = proxy(&http_bootstrap(&hcm, &clusters)).await;
+    let mut c = H1::connect(p.listener("http").expect("listener")).await;
+    assert_eq!(c.get("svc", "/nf").await.status, 404);
+    assert_eq!(missing_hits.load(Ordering::SeqCst), 1, "a 404 is not retried under 5xx");
+    assert_eq!(c.get("svc", "/").await.status, 503);
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "one try and the default single retry");
+    let admin = p.admin.expect("admin");
+    assert_eq!(
+        metric(admin, "envoy_cluster_upstream_rq_retry_limit_exceeded").await,
+        1.0
+    );
+}
+
+/// Envoy: consecutive_5xx ejects a host on its 5th consecutive 5xx; ejected
+/// hosts get no traffic until base_ejection_time has passed (checked on the
+/// interval timer), then they return. `max_ejection_percent: 50` lets one
+/// of two hosts go (the default 10% would eject none of two, as Envoy 1.27+).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_host_is_ejected_and_returns() {
+    let good = upstream("good").await;
+    let (bad, bad_hits) = failing(503).await;
+    let outlier = "\n    outlier_detection:\n      consecutive_5xx: 5\n      interval: 0.2s\n      base_ejection_time: 1s\n      max_ejection_percent: 50";
+    let p = proxy(&http_bootstrap(
+        &route_with(""),
+        &cluster("svc", &[bad, good.addr], false, outlier),
+    ))
+    .await;
+    let admin = p.admin.expect("admin");
+    let mut c = H1::connect(p.listener("http").expect("listener")).await;
+    let mut failures = 0;
+    for _ in 0..20 {
+        if c.get("svc", "/").await.status == 503 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 5, "the 5th consecutive 5xx ejects the host");
+    assert_eq!(
+        metric(admin, "envoy_cluster_outlier_detection_ejections_active").await,
+        1.0
+    );
+    let hits_when_ejected = bad_hits.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(c.get("svc", "/").await.status, 200, "no traffic to an ejected host");
+    }
+    assert_eq!(bad_hits.load(Ordering::SeqCst), hits_when_ejected);
+    // After base_ejection_time the host is back and gets traffic again.
+    eventually("the ejected host to return", || {
+        let addr = p.listener("http");
+        async move {
+            let r = H1::connect(addr?).await.get("svc", "/").await;
+            (r.status == 503).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        metric(
+            admin,
+            "envoy_cluster_outlier_detection_ejections_enforced_consecutive_5xx"
+        )
+        .await
+            >= 1.0
+    );
+}
+
+/// Envoy: with `max_requests: 1`, a second concurrent request overflows:
+/// 503 with `x-envoy-overloaded: true`, counted in upstream_rq_pending_overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_overflows_the_circuit_breaker() {
+    let up = upstream("slow").await;
+    let breaker = "\n    circuit_breakers:\n      thresholds:\n      - max_requests: 1\n        track_remaining: true";
+    let p = proxy(&http_bootstrap(
+        &route_with(""),
+        &cluster("svc", &[up.addr], false, breaker),
+    ))
+    .await;
+    let front = p.listener("http").expect("listener");
+    let admin = p.admin.expect("admin");
+    let slow = tokio::spawn(async move { H1::connect(front).await.get("svc", "/slow/800").await.status });
+    eventually("the slow request to hold the only slot", || async move {
+        (metric(admin, "envoy_cluster_circuit_breakers_default_rq_open").await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(admin, "envoy_cluster_circuit_breakers_default_remaining_rq").await,
+        0.0
+    );
+    let r = H1::connect(front).await.get("svc", "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-envoy-overloaded"), Some("true"));
+    assert!(r.text().contains("overflow"), "{}", r.text());
+    assert_eq!(slow.await.expect("slow request"), 200);
+    assert_eq!(metric(admin, "envoy_cluster_upstream_rq_pending_overflow").await, 1.0);
+    assert_eq!(
+        H1::connect(front).await.get("svc", "/").await.status,
+        200,
+        "the slot is free again"
+    );
+}
