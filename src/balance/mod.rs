@@ -3,6 +3,10 @@
 //! policy needs (circuit breaker counters, outlier ejections), kept across
 //! config updates that leave it unchanged.
 
+pub mod hash;
+pub mod lb;
+pub mod priority;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
