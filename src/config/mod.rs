@@ -9,8 +9,10 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 use serde::Serialize;
 
+pub mod filters;
 pub mod route;
 
+pub use filters::HttpFilter;
 pub use route::*;
 
 /// A whole proxy configuration, as a static bootstrap (or, later, xDS) gives it.
@@ -116,6 +118,8 @@ pub struct HttpConnectionManager {
     /// `max_request_headers_kb` (default 60): larger request heads get 431.
     pub max_request_headers_kb: u32,
     pub access_logs: Vec<AccessLog>,
+    /// The HTTP filters before the router, in the configured order.
+    pub filters: Vec<HttpFilter>,
 }
 
 /// HTTP/2 settings, with Envoy's defaults.
