@@ -19,15 +19,16 @@ use super::{
     body::ProxyBody,
     client::Release,
     error::{local_reply, ProxyError},
+    filters::{with_delay_flag, Applied, HttpFilters},
     headers::{apply_request_ops, apply_response_ops, sanitize, strip_hop_by_hop, upgrade_type, Sanitize},
     request::{append_xff, new_request_id, request_host, validate, LoggedRequest},
-    route::{is_grpc, RouteTable},
+    route::{is_grpc, RouteHit, RouteTable},
 };
 use crate::{
     balance::{ClusterMap, ClusterRuntime},
     config::{
         ClusterTarget, ForwardAction, HeaderOps, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
-        UpstreamProtocol, VirtualHost,
+        UpstreamProtocol, VirtualHost, WeightedCluster,
     },
     telemetry::{
         access_log::{Entry, Format, Sink},
@@ -50,6 +51,8 @@ pub struct HttpProxy {
     pub stats: Arc<HttpStats>,
     pub listener_port: u16,
     pub access_logs: Vec<(Arc<Format>, Arc<Sink>)>,
+    /// The HTTP filters before the router (none unless `with_filters`).
+    pub filters: HttpFilters,
     server_name: HeaderValue,
 }
 
@@ -93,6 +96,8 @@ struct Outcome {
     route_name: String,
     /// Whether an access log will read this outcome (route name copied only then).
     logged: bool,
+    /// What the HTTP filters did, for the response.
+    filters: Applied,
 }
 
 impl HttpProxy {
@@ -112,8 +117,15 @@ impl HttpProxy {
             stats,
             listener_port,
             access_logs,
+            filters: HttpFilters::default(),
             server_name,
         }
+    }
+
+    /// Runs `filters` on every request, between route match and the router.
+    pub fn with_filters(mut self, filters: HttpFilters) -> HttpProxy {
+        self.filters = filters;
+        self
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
@@ -137,6 +149,7 @@ impl HttpProxy {
             upstream: None,
             route_name: String::new(),
             logged: logged.is_some(),
+            filters: Applied::default(),
         };
         let request_id = self.prepare_request(&mut req, conn);
         let result = match validate(&req) {
@@ -160,6 +173,10 @@ impl HttpProxy {
                 resp
             }
         };
+        outcome.filters.encode(resp.headers_mut());
+        if outcome.filters.delayed {
+            outcome.flag = with_delay_flag(outcome.flag);
+        }
         // The downstream speaks its own protocol, whatever the upstream spoke;
         // HTTP/1.x is answered as HTTP/1.1, as Envoy does.
         *resp.version_mut() = if version == Version::HTTP_2 {
@@ -209,9 +226,15 @@ impl HttpProxy {
         let found = {
             let host = request_host(&req);
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            self.routes.find(host, self.listener_port, path, req.headers())
+            self.routes.find_hit(host, self.listener_port, path, req.headers())
         };
-        let Some((vh, route)) = found else {
+        let Some(RouteHit { vh, route, index }) = found else {
+            if !self.filters.is_empty() {
+                // The filters run before the router finds no route.
+                self.filters
+                    .decode(None, req.headers_mut(), None, &mut outcome.filters)
+                    .await?;
+            }
             self.stats.no_route.inc();
             return Err(ProxyError::NoRoute.into());
         };
@@ -222,6 +245,20 @@ impl HttpProxy {
         };
         if outcome.logged {
             outcome.route_name.clone_from(&route.name);
+        }
+        // Envoy picks the weighted cluster when it resolves the route, before the filters run
+        // (the fault filter's upstream_cluster sees the pick).
+        let picked = match &route.action {
+            RouteAction::Forward(f) => Some(pick_cluster(&f.target)),
+            RouteAction::Direct(_) => None,
+        };
+        // Route match -> fault injection -> rate limit, in the configured order.
+        if !self.filters.is_empty() {
+            let cluster = picked.map(|(name, _)| name);
+            self.filters
+                .decode(Some(index), req.headers_mut(), cluster, &mut outcome.filters)
+                .await
+                .map_err(|e| fail(e, at))?;
         }
         let action = match &route.action {
             RouteAction::Direct(d) => {
@@ -251,13 +288,7 @@ impl HttpProxy {
             }
         }
 
-        let (cluster_name, weighted) = match &action.target {
-            ClusterTarget::Single(name) => (name.as_str(), None),
-            ClusterTarget::Weighted(w) => {
-                let c = w.pick(fastrand::u64(..w.total));
-                (c.name.as_str(), Some(c))
-            }
-        };
+        let (cluster_name, weighted) = picked.unwrap_or_else(|| pick_cluster(&action.target));
         at.weighted = weighted.map(|w| &w.headers);
         // The cluster set as it is now (an update swaps it whole).
         let Some(cluster) = self.clusters.load().get(cluster_name).cloned() else {
@@ -525,6 +556,17 @@ impl HttpProxy {
         };
         for (format, sink) in &self.access_logs {
             sink.write(&format.render(&entry));
+        }
+    }
+}
+
+/// The cluster a route sends to: its one cluster, or a weighted pick.
+fn pick_cluster(target: &ClusterTarget) -> (&str, Option<&WeightedCluster>) {
+    match target {
+        ClusterTarget::Single(name) => (name.as_str(), None),
+        ClusterTarget::Weighted(w) => {
+            let c = w.pick(fastrand::u64(..w.total));
+            (c.name.as_str(), Some(c))
         }
     }
 }
