@@ -280,3 +280,100 @@ pub fn with_delay_flag(flag: &'static str) -> &'static str {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NetworkFilter;
+
+    const RL: &str = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+
+    /// An HCM with a rate limit of `max_tokens` named "rl"; route 0 of the one virtual host has its
+    /// own config under `route_key`, and the virtual host one under "rl".
+    fn hcm(max_tokens: u32, route_key: &str) -> Arc<HttpConnectionManager> {
+        let per = |prefix: &str| {
+            format!(
+                "{{ \"@type\": {RL}, stat_prefix: {prefix}, token_bucket: {{ max_tokens: 1, fill_interval: 1s }} }}"
+            )
+        };
+        let yaml = format!(
+            r#"static_resources:
+  listeners:
+  - address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: t
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              typed_per_filter_config: {{ rl: {vh} }}
+              routes:
+              - match: {{ prefix: /own }}
+                direct_response: {{ status: 200 }}
+                typed_per_filter_config: {{ {route_key}: {route} }}
+              - match: {{ prefix: / }}
+                direct_response: {{ status: 200 }}
+          http_filters:
+          - name: rl
+            typed_config: {{ "@type": {RL}, stat_prefix: l, token_bucket: {{ max_tokens: {max_tokens}, fill_interval: 1s }} }}
+          - name: router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#,
+            vh = per("vh"),
+            route = per("route"),
+        );
+        let b = crate::xds::parse_bootstrap("t.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+        match &b.listeners[0].filter {
+            NetworkFilter::Http(h) => h.clone(),
+            NetworkFilter::Tcp(_) => panic!("not an HCM"),
+        }
+    }
+
+    fn limiter(chain: &[Filter]) -> &RateLimitFilter {
+        match chain {
+            [Filter::LocalRateLimit(r)] => r,
+            _ => panic!("expected one rate limit"),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_rate_limit_keeps_its_bucket_across_updates() {
+        let registry = Registry::default();
+        let first = HttpFilters::new(&hcm(5, "rl"), &registry, None);
+        let same = HttpFilters::new(&hcm(5, "rl"), &registry, Some(&first));
+        let changed = HttpFilters::new(&hcm(6, "rl"), &registry, Some(&first));
+        let bucket = |f: &HttpFilters| limiter(&f.chain).bucket.clone();
+        assert!(Arc::ptr_eq(&bucket(&first), &bucket(&same)));
+        assert!(!Arc::ptr_eq(&bucket(&first), &bucket(&changed)));
+    }
+
+    #[test]
+    fn the_most_specific_config_wins_and_a_virtual_host_config_is_shared() {
+        let registry = Registry::default();
+        let f = HttpFilters::new(&hcm(5, "rl"), &registry, None);
+        let own = limiter(&f.routes[&(0, 0)]);
+        let inherited = limiter(&f.routes[&(0, 1)]);
+        assert_eq!(
+            (own.config.stat_prefix.as_str(), inherited.config.stat_prefix.as_str()),
+            ("route", "vh")
+        );
+        // A route config under another filter's name leaves the virtual host's in force.
+        let f = HttpFilters::new(&hcm(5, "other"), &registry, None);
+        let (a, b) = (limiter(&f.routes[&(0, 0)]), limiter(&f.routes[&(0, 1)]));
+        assert_eq!(a.config.stat_prefix, "vh");
+        assert!(Arc::ptr_eq(&a.bucket, &b.bucket));
+        assert_eq!(limiter(&f.chain).config.stat_prefix, "l");
+    }
+
+    #[test]
+    fn delay_joins_the_response_flags_in_envoy_order() {
+        assert_eq!(with_delay_flag(""), "DI");
+        assert_eq!(with_delay_flag("UF"), "UF,DI");
+        assert_eq!(with_delay_flag("FI"), "DI,FI");
+        assert_eq!(with_delay_flag("RL"), "DI,RL");
+    }
+}
