@@ -252,6 +252,7 @@ impl HttpProxy {
             RouteAction::Forward(f) => Some(pick_cluster(&f.target)),
             RouteAction::Direct(_) => None,
         };
+        at.weighted = picked.and_then(|(_, w)| w).map(|w| &w.headers);
         // Route match -> fault injection -> rate limit, in the configured order.
         if !self.filters.is_empty() {
             let cluster = picked.map(|(name, _)| name);
@@ -288,8 +289,8 @@ impl HttpProxy {
             }
         }
 
+        // `picked` is always set for a forwarding route; the fallback only keeps this total.
         let (cluster_name, weighted) = picked.unwrap_or_else(|| pick_cluster(&action.target));
-        at.weighted = weighted.map(|w| &w.headers);
         // The cluster set as it is now (an update swaps it whole).
         let Some(cluster) = self.clusters.load().get(cluster_name).cloned() else {
             self.stats.no_cluster.inc();
