@@ -22,7 +22,7 @@ use crate::{
     admin::{self, AdminState},
     balance::ClusterMap,
     config::{self, NetworkFilter},
-    http::proxy::HttpProxy,
+    http::{filters::HttpFilters, proxy::HttpProxy},
     listener::{self, Handler},
     tcp::TcpProxyRuntime,
     telemetry::{access_log::Sink, stats::Registry},
@@ -164,7 +164,9 @@ impl Proxy {
                 Some(r) => {
                     // Rebuilt every time: cheap, and route tables hold compiled
                     // regexes that cannot be compared.
-                    r.handler.store(Arc::new(self.handler(l, r.bound.port())?));
+                    let previous = r.handler.load_full();
+                    r.handler
+                        .store(Arc::new(self.handler(l, r.bound.port(), Some(&previous))?));
                     r.config = l.clone();
                 }
                 None => {
@@ -174,7 +176,7 @@ impl Proxy {
                         source,
                     })?;
                     let bound = socket.local_addr().unwrap_or(l.address);
-                    let handler = Arc::new(ArcSwap::from_pointee(self.handler(l, bound.port())?));
+                    let handler = Arc::new(ArcSwap::from_pointee(self.handler(l, bound.port(), None)?));
                     let stop = self.drain.child_token();
                     let stats = self.registry.listener(&stat_address(bound));
                     tokio::spawn(listener::accept_loop(
@@ -201,7 +203,9 @@ impl Proxy {
         Ok(())
     }
 
-    fn handler(&self, l: &config::Listener, port: u16) -> Result<Handler, StartError> {
+    /// The listener's handler; `previous` (the one it replaces) lends state that outlives a
+    /// config update, such as unchanged rate limits' token buckets.
+    fn handler(&self, l: &config::Listener, port: u16, previous: Option<&Handler>) -> Result<Handler, StartError> {
         Ok(match &l.filter {
             NetworkFilter::Http(hcm) => {
                 let mut logs = Vec::new();
@@ -209,13 +213,14 @@ impl Proxy {
                     logs.push((al.format.clone(), self.sink(&al.path)?));
                 }
                 let stats = self.registry.http(&hcm.stat_prefix);
-                Handler::Http(Arc::new(HttpProxy::new(
-                    hcm.clone(),
-                    self.clusters.clone(),
-                    stats,
-                    port,
-                    logs,
-                )))
+                let previous = match previous {
+                    Some(Handler::Http(p)) => Some(&p.filters),
+                    _ => None,
+                };
+                let filters = HttpFilters::new(hcm, &self.registry, previous);
+                Handler::Http(Arc::new(
+                    HttpProxy::new(hcm.clone(), self.clusters.clone(), stats, port, logs).with_filters(filters),
+                ))
             }
             NetworkFilter::Tcp(tcp) => Handler::Tcp(Arc::new(TcpProxyRuntime {
                 config: tcp.clone(),

@@ -245,6 +245,19 @@ static CASES: &[Case] = &[
     Case { name: "no endpoints: 503 UH", path: "/no-endpoints",
            ..GET },
 
+    // --- HTTP filters: fault injection and local rate limit ----------------
+    Case { name: "fault: per-route abort 503", path: "/fault/abort", ..GET },
+    Case { name: "fault: per-route gRPC abort to an HTTP client", path: "/fault/grpc", ..GET },
+    Case { name: "fault: per-route gRPC abort to a gRPC client", proto: Proto::H2c, method: "POST",
+           path: "/fault/grpc", headers: &[("content-type", "application/grpc"), ("te", "trailers")], ..GET },
+    Case { name: "fault: header-controlled abort", path: "/echo/fault",
+           headers: &[("x-envoy-fault-abort-request", "429")], ..GET },
+    Case { name: "fault: header-controlled delay", path: "/echo/fault-delay",
+           headers: &[("x-envoy-fault-delay-request", "20")], ..GET },
+    Case { name: "local rate limit: first request passes", path: "/ratelimit/1", ..GET },
+    Case { name: "local rate limit: second request takes the last token", path: "/ratelimit/2", ..GET },
+    Case { name: "local rate limit: third request is 429", path: "/ratelimit/3", ..GET },
+
     // --- HTTP/2 downstream (h2c prior knowledge) ---------------------------
     Case { name: "h2c: echo", proto: Proto::H2c, path: "/echo/h2c?x=1", headers: &[("x-custom", "h2")], ..GET },
     Case { name: "h2c: POST with body", proto: Proto::H2c, method: "POST", path: "/echo/h2c-post",

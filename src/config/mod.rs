@@ -9,8 +9,10 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 use serde::Serialize;
 
+pub mod filters;
 pub mod route;
 
+pub use filters::HttpFilter;
 pub use route::*;
 
 pub use crate::policy::{circuit_breaker::CircuitBreakers, outlier::OutlierConfig, retry::RetryPolicy};
@@ -118,6 +120,8 @@ pub struct HttpConnectionManager {
     /// `max_request_headers_kb` (default 60): larger request heads get 431.
     pub max_request_headers_kb: u32,
     pub access_logs: Vec<AccessLog>,
+    /// The HTTP filters before the router, in the configured order.
+    pub filters: Vec<HttpFilter>,
 }
 
 /// HTTP/2 settings, with Envoy's defaults.

@@ -7,7 +7,7 @@ use http::{HeaderName, StatusCode};
 use regex::Regex;
 use serde::Serialize;
 
-use super::{ser_name, ser_regex, ClusterTarget, DirectResponse, HeaderOps};
+use super::{ser_name, ser_regex, ClusterTarget, DirectResponse, HeaderOps, HttpFilter};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteConfig {
@@ -25,6 +25,9 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
     pub headers: HeaderOps,
+    /// `typed_per_filter_config`: replaces the listener-level config of the filter of that name
+    /// for the routes that set none of their own.
+    pub filter_overrides: Vec<HttpFilter>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +37,9 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub headers: HeaderOps,
+    /// `typed_per_filter_config`: replaces the config of the filter of that name (or the virtual
+    /// host's replacement) for this route, as Envoy's most specific per-filter config does.
+    pub filter_overrides: Vec<HttpFilter>,
 }
 
 #[derive(Debug, Clone, Serialize)]

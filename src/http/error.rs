@@ -47,6 +47,14 @@ pub enum ProxyError {
     /// max_requests reached): 503 with `x-envoy-overloaded`, flag UO.
     #[error("upstream overflow: {0}")]
     Overflow(&'static str),
+    /// The fault filter's abort: its status, and for a gRPC abort the grpc-status (the HTTP
+    /// status is then 200, as Envoy's sendLocalReply(200, ..., grpc_status)).
+    #[error("fault filter abort ({status})")]
+    FaultAbort { status: StatusCode, grpc: Option<u32> },
+    /// Over the local rate limit and enforced: the configured status (429 by default), and the
+    /// grpc-status RESOURCE_EXHAUSTED when `rate_limited_as_resource_exhausted`.
+    #[error("local rate limited")]
+    RateLimited { status: StatusCode, grpc: Option<u32> },
 }
 
 /// Which side of the proxy a failure belongs to.
@@ -60,7 +68,11 @@ pub enum Side {
 impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::NoRoute | ProxyError::NoCluster(_) | ProxyError::UpgradeNotAllowed(_) => Side::Config,
+            ProxyError::NoRoute
+            | ProxyError::NoCluster(_)
+            | ProxyError::UpgradeNotAllowed(_)
+            | ProxyError::FaultAbort { .. }
+            | ProxyError::RateLimited { .. } => Side::Config,
             ProxyError::DownstreamProtocol(_)
             | ProxyError::Codec(_)
             | ProxyError::BadRequest(_)
@@ -87,6 +99,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::Http10NotAllowed => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::FaultAbort { status, .. } | ProxyError::RateLimited { status, .. } => *status,
             // Envoy answers 503 for every failure before upstream headers,
             // protocol errors included (flag UPE).
             _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -109,6 +122,8 @@ impl ProxyError {
             | ProxyError::Codec(_)
             | ProxyError::BadRequest(_)
             | ProxyError::Http10NotAllowed => "DPE",
+            ProxyError::FaultAbort { .. } => "FI",
+            ProxyError::RateLimited { .. } => "RL",
         }
     }
 
@@ -129,6 +144,8 @@ impl ProxyError {
             ProxyError::DownstreamProtocol(_) | ProxyError::Codec(_) => "codec_error",
             ProxyError::BadRequest(d) => d,
             ProxyError::Http10NotAllowed => "low_version",
+            ProxyError::FaultAbort { .. } => "fault_filter_abort",
+            ProxyError::RateLimited { .. } => "local_rate_limited",
         }
     }
 
@@ -158,6 +175,8 @@ impl ProxyError {
             ProxyError::DownstreamProtocol(_) | ProxyError::Codec(_) => "Bad Request".into(),
             ProxyError::BadRequest(_) => String::new(),
             ProxyError::Http10NotAllowed => "Upgrade Required".into(),
+            ProxyError::FaultAbort { .. } => crate::policy::fault::FAULT_ABORT_BODY.into(),
+            ProxyError::RateLimited { .. } => crate::policy::local_ratelimit::LOCAL_RATE_LIMITED_BODY.into(),
         }
     }
 
@@ -173,9 +192,12 @@ impl ProxyError {
         )
     }
 
-    /// The gRPC status a gRPC client gets for this failure (Envoy's mapping
-    /// from HTTP status: 404 -> UNIMPLEMENTED, 503 -> UNAVAILABLE, 504 -> UNAVAILABLE...).
-    pub fn grpc_status(&self) -> u8 {
+    /// The gRPC status a gRPC client gets for this failure: the one the filter chose, else
+    /// Envoy's mapping from HTTP status (404 -> UNIMPLEMENTED, 429/503/504 -> UNAVAILABLE...).
+    pub fn grpc_status(&self) -> u32 {
+        if let ProxyError::FaultAbort { grpc: Some(g), .. } | ProxyError::RateLimited { grpc: Some(g), .. } = self {
+            return *g;
+        }
         match self.status().as_u16() {
             400 => 13,
             401 => 16,
@@ -204,7 +226,7 @@ pub fn local_reply(e: &ProxyError, grpc: bool) -> Response<ProxyBody> {
         let mut resp = Response::new(ProxyBody::empty());
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert(&GRPC_STATUS, HeaderValue::from(e.grpc_status() as u16));
+        h.insert(&GRPC_STATUS, HeaderValue::from(e.grpc_status()));
         if let Ok(v) = HeaderValue::from_str(&body) {
             if !body.is_empty() {
                 h.insert(&GRPC_MESSAGE, v);

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod filters;
 pub mod headers;
 pub mod proxy;
 mod request;

@@ -19,17 +19,18 @@ use super::{
     body::ProxyBody,
     client::Release,
     error::{local_reply, ProxyError},
+    filters::{with_delay_flag, Applied, HttpFilters},
     headers::{apply_request_ops, apply_response_ops, sanitize, strip_hop_by_hop, upgrade_type, Sanitize},
     request::{append_xff, new_request_id, request_host, validate, LoggedRequest},
     request_body::RequestBody,
-    route::{is_grpc, RouteTable},
+    route::{is_grpc, RouteHit, RouteTable},
     upstream::{self, Forwarded},
 };
 use crate::{
     balance::{ClusterMap, ClusterRuntime},
     config::{
         ClusterTarget, ForwardAction, HeaderOps, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
-        UpstreamProtocol, VirtualHost,
+        UpstreamProtocol, VirtualHost, WeightedCluster,
     },
     telemetry::{
         access_log::{Entry, Format, Sink},
@@ -53,6 +54,8 @@ pub struct HttpProxy {
     pub stats: Arc<HttpStats>,
     pub listener_port: u16,
     pub access_logs: Vec<(Arc<Format>, Arc<Sink>)>,
+    /// The HTTP filters before the router (none unless `with_filters`).
+    pub filters: HttpFilters,
     server_name: HeaderValue,
 }
 
@@ -96,6 +99,8 @@ struct Outcome {
     route_name: String,
     /// Whether an access log will read this outcome (route name copied only then).
     logged: bool,
+    /// What the HTTP filters did, for the response.
+    filters: Applied,
 }
 
 impl HttpProxy {
@@ -115,8 +120,15 @@ impl HttpProxy {
             stats,
             listener_port,
             access_logs,
+            filters: HttpFilters::default(),
             server_name,
         }
+    }
+
+    /// Runs `filters` on every request, between route match and the router.
+    pub fn with_filters(mut self, filters: HttpFilters) -> HttpProxy {
+        self.filters = filters;
+        self
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
@@ -140,6 +152,7 @@ impl HttpProxy {
             upstream: None,
             route_name: String::new(),
             logged: logged.is_some(),
+            filters: Applied::default(),
         };
         let request_id = self.prepare_request(&mut req, conn);
         let result = match validate(&req) {
@@ -167,6 +180,10 @@ impl HttpProxy {
                 resp
             }
         };
+        outcome.filters.encode(resp.headers_mut());
+        if outcome.filters.delayed {
+            outcome.flag = with_delay_flag(outcome.flag);
+        }
         // The downstream speaks its own protocol, whatever the upstream spoke;
         // HTTP/1.x is answered as HTTP/1.1, as Envoy does.
         *resp.version_mut() = if version == Version::HTTP_2 {
@@ -216,9 +233,15 @@ impl HttpProxy {
         let found = {
             let host = request_host(&req);
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            self.routes.find(host, self.listener_port, path, req.headers())
+            self.routes.find_hit(host, self.listener_port, path, req.headers())
         };
-        let Some((vh, route)) = found else {
+        let Some(RouteHit { vh, route, index }) = found else {
+            if !self.filters.is_empty() {
+                // The filters run before the router finds no route.
+                self.filters
+                    .decode(None, req.headers_mut(), None, &mut outcome.filters)
+                    .await?;
+            }
             self.stats.no_route.inc();
             return Err(ProxyError::NoRoute.into());
         };
@@ -229,6 +252,21 @@ impl HttpProxy {
         };
         if outcome.logged {
             outcome.route_name.clone_from(&route.name);
+        }
+        // Envoy picks the weighted cluster when it resolves the route, before the filters run
+        // (the fault filter's upstream_cluster sees the pick).
+        let picked = match &route.action {
+            RouteAction::Forward(f) => Some(pick_cluster(&f.target)),
+            RouteAction::Direct(_) => None,
+        };
+        at.weighted = picked.and_then(|(_, w)| w).map(|w| &w.headers);
+        // Route match -> fault injection -> rate limit, in the configured order.
+        if !self.filters.is_empty() {
+            let cluster = picked.map(|(name, _)| name);
+            self.filters
+                .decode(Some(index), req.headers_mut(), cluster, &mut outcome.filters)
+                .await
+                .map_err(|e| fail(e, at))?;
         }
         let action = match &route.action {
             RouteAction::Direct(d) => {
@@ -258,14 +296,8 @@ impl HttpProxy {
             }
         }
 
-        let (cluster_name, weighted) = match &action.target {
-            ClusterTarget::Single(name) => (name.as_str(), None),
-            ClusterTarget::Weighted(w) => {
-                let c = w.pick(fastrand::u64(..w.total));
-                (c.name.as_str(), Some(c))
-            }
-        };
-        at.weighted = weighted.map(|w| &w.headers);
+        // `picked` is always set for a forwarding route; the fallback only keeps this total.
+        let (cluster_name, weighted) = picked.unwrap_or_else(|| pick_cluster(&action.target));
         // The cluster set as it is now (an update swaps it whole).
         let Some(cluster) = self.clusters.load().get(cluster_name).cloned() else {
             self.stats.no_cluster.inc();
@@ -554,5 +586,16 @@ async fn with_deadline<T>(
             .await
             .unwrap_or(Err(ProxyError::UpstreamTimeout)),
         None => f.await,
+    }
+}
+
+/// The cluster a route sends to: its one cluster, or a weighted pick.
+fn pick_cluster(target: &ClusterTarget) -> (&str, Option<&WeightedCluster>) {
+    match target {
+        ClusterTarget::Single(name) => (name.as_str(), None),
+        ClusterTarget::Weighted(w) => {
+            let c = w.pick(fastrand::u64(..w.total));
+            (c.name.as_str(), Some(c))
+        }
     }
 }

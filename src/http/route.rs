@@ -9,6 +9,15 @@ use http::HeaderMap;
 
 use crate::config::{HeaderMatcher, HeaderRule, PathMatch, Route, RouteConfig, StripPort, VirtualHost};
 
+/// A matched route and where it is in the config: `index` is (virtual host, route), the key of
+/// per-route state such as the filters' (see `http::filters`).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteHit<'a> {
+    pub vh: &'a VirtualHost,
+    pub route: &'a Route,
+    pub index: (usize, usize),
+}
+
 /// A route configuration with its virtual-host index built once.
 #[derive(Debug)]
 pub struct RouteTable {
@@ -61,6 +70,12 @@ impl RouteTable {
 
     /// The virtual host for a Host/:authority value.
     pub fn virtual_host(&self, host: &str, listener_port: u16) -> Option<&VirtualHost> {
+        self.config
+            .virtual_hosts
+            .get(self.virtual_host_index(host, listener_port)?)
+    }
+
+    fn virtual_host_index(&self, host: &str, listener_port: u16) -> Option<usize> {
         let host = self.host_for_matching(host, listener_port);
         let lowered;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -69,8 +84,7 @@ impl RouteTable {
         } else {
             host
         };
-        let idx = self
-            .exact
+        self.exact
             .get(host)
             .copied()
             // A wildcard must match at least one character: "*.foo.com" does not match ".foo.com".
@@ -86,8 +100,7 @@ impl RouteTable {
                     .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
                     .map(|x| x.1)
             })
-            .or(self.wildcard)?;
-        self.config.virtual_hosts.get(idx)
+            .or(self.wildcard)
     }
 
     fn host_for_matching<'h>(&self, host: &'h str, listener_port: u16) -> &'h str {
@@ -112,9 +125,24 @@ impl RouteTable {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<(&VirtualHost, &Route)> {
-        let vh = self.virtual_host(host, listener_port)?;
-        let route = vh.routes.iter().find(|r| route_matches(r, path, headers))?;
-        Some((vh, route))
+        self.find_hit(host, listener_port, path, headers)
+            .map(|hit| (hit.vh, hit.route))
+    }
+
+    /// The first matching route with its position in the config.
+    pub fn find_hit(&self, host: &str, listener_port: u16, path: &str, headers: &HeaderMap) -> Option<RouteHit<'_>> {
+        let vh_index = self.virtual_host_index(host, listener_port)?;
+        let vh = self.config.virtual_hosts.get(vh_index)?;
+        let (route_index, route) = vh
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| route_matches(r, path, headers))?;
+        Some(RouteHit {
+            vh,
+            route,
+            index: (vh_index, route_index),
+        })
     }
 }
 

@@ -13,6 +13,8 @@ impl Registry {
         let listeners = snapshot(&self.listeners);
         let clusters = snapshot(&self.clusters);
         let tcp = snapshot(&self.tcp);
+        let fault = snapshot(&self.fault);
+        let local_ratelimit = snapshot(&self.local_ratelimit);
 
         macro_rules! family {
             ($items:expr, $metric:literal, $kind:literal, $label:literal, $key:ident, |$s:ident| $value:expr) => {
@@ -444,7 +446,63 @@ impl Registry {
             prefix,
             |s| s.upstream_flush_active.get()
         );
+
+        // Envoy's tag extractors turn `http.<prefix>.fault.<stat>` into
+        // `envoy_http_fault_<stat>{envoy_http_conn_manager_prefix="<prefix>"}` and
+        // `<prefix>.http_local_rate_limit.<stat>` into
+        // `envoy_http_local_rate_limit_<stat>{envoy_local_http_ratelimit_prefix="<prefix>"}`.
+        let fault_rows: Vec<_> = fault
+            .iter()
+            .map(|s| (s.prefix.as_str(), s.counters.named("", &s.active)))
+            .collect();
+        filter_families(
+            &mut out,
+            &fault_rows,
+            "envoy_http_",
+            "envoy_http_conn_manager_prefix",
+            |stat| {
+                if stat == "fault.active_faults" {
+                    "gauge"
+                } else {
+                    "counter"
+                }
+            },
+        );
+        let rl_rows: Vec<_> = local_ratelimit
+            .iter()
+            .map(|s| (s.prefix.as_str(), s.counters.named("")))
+            .collect();
+        filter_families(
+            &mut out,
+            &rl_rows,
+            "envoy_",
+            "envoy_local_http_ratelimit_prefix",
+            |_| "counter",
+        );
         out
+    }
+}
+
+/// Metric families from per-filter stats given as `(label value, [(stat name, value); N])`, the
+/// stat names (`fault.delays_injected`, `.http_local_rate_limit.ok`) the same in every row;
+/// `metric_prefix` is what the extracted tag leaves before them.
+fn filter_families<const N: usize>(
+    out: &mut String,
+    rows: &[(&str, [(String, u64); N])],
+    metric_prefix: &str,
+    label: &str,
+    kind: impl Fn(&str) -> &'static str,
+) {
+    let Some((_, first)) = rows.first() else {
+        return;
+    };
+    for (i, (stat, _)) in first.iter().enumerate() {
+        let stat = stat.trim_start_matches('.');
+        let metric = format!("{metric_prefix}{}", stat.replace('.', "_"));
+        let _ = writeln!(out, "# TYPE {metric} {}", kind(stat));
+        for (prefix, values) in rows {
+            let _ = writeln!(out, "{metric}{{{label}=\"{}\"}} {}", escape(prefix), values[i].1);
+        }
     }
 }
 

@@ -8,6 +8,11 @@ use std::sync::{
     Arc, Mutex,
 };
 
+use crate::policy::{
+    fault::{ActiveFaults, FaultStats},
+    local_ratelimit::LocalRateLimitStats,
+};
+
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
 
@@ -150,6 +155,25 @@ pub struct TcpStats {
     pub upstream_flush_active: Gauge,
 }
 
+/// The fault filter of one connection manager (`http.<stat_prefix>.fault.*`). As in Envoy, where
+/// they belong to the filter's config, per-route fault configs count here too and share the
+/// `active_faults` gauge that `max_active_faults` is checked against.
+#[derive(Debug, Default)]
+pub struct FaultFilterStats {
+    /// The connection manager's stat_prefix.
+    pub prefix: String,
+    pub counters: FaultStats,
+    pub active: ActiveFaults,
+}
+
+/// One local rate limit `stat_prefix` (`<stat_prefix>.http_local_rate_limit.*`); configs with the
+/// same prefix share the counters, as Envoy's stats are shared by name.
+#[derive(Debug, Default)]
+pub struct LocalRateLimitFilterStats {
+    pub prefix: String,
+    pub counters: LocalRateLimitStats,
+}
+
 pub(super) fn class(status: u16) -> Option<usize> {
     match status {
         100..=599 => Some((status / 100 - 1) as usize),
@@ -164,6 +188,8 @@ pub struct Registry {
     pub(super) listeners: Mutex<Vec<Arc<ListenerStats>>>,
     pub(super) clusters: Mutex<Vec<Arc<ClusterStats>>>,
     pub(super) tcp: Mutex<Vec<Arc<TcpStats>>>,
+    pub(super) fault: Mutex<Vec<Arc<FaultFilterStats>>>,
+    pub(super) local_ratelimit: Mutex<Vec<Arc<LocalRateLimitFilterStats>>>,
 }
 
 /// The stats object named `key`, created on first use: objects recreated by a
@@ -225,6 +251,29 @@ impl Registry {
             |s| &s.prefix,
             || TcpStats {
                 prefix: prefix.to_string(),
+                ..Default::default()
+            },
+        )
+    }
+    /// `hcm_prefix` is the connection manager's stat_prefix.
+    pub fn fault(&self, hcm_prefix: &str) -> Arc<FaultFilterStats> {
+        get_or_add(
+            &self.fault,
+            hcm_prefix,
+            |s| &s.prefix,
+            || FaultFilterStats {
+                prefix: hcm_prefix.to_string(),
+                ..Default::default()
+            },
+        )
+    }
+    pub fn local_ratelimit(&self, stat_prefix: &str) -> Arc<LocalRateLimitFilterStats> {
+        get_or_add(
+            &self.local_ratelimit,
+            stat_prefix,
+            |s| &s.prefix,
+            || LocalRateLimitFilterStats {
+                prefix: stat_prefix.to_string(),
                 ..Default::default()
             },
         )

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use super::{access_log::access_logs, route, tcp::tcp_proxy, Msg};
+use super::{access_log::access_logs, filters, route, tcp::tcp_proxy, Msg};
 use crate::config::{self, Codec, Http2Settings, ServerHeader, StripPort};
 
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -258,11 +258,12 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
     };
 
     let mut suppress_envoy_headers = false;
-    let filters = m.list("http_filters");
-    let count = filters.len();
+    let mut http_filters = Vec::new();
+    let filter_msgs = m.list("http_filters");
+    let count = filter_msgs.len();
     // As Envoy: with no http_filters at all, the router is implied.
     let mut have_router = count == 0;
-    for (i, mut f) in filters.into_iter().enumerate() {
+    for (i, mut f) in filter_msgs.into_iter().enumerate() {
         let name = f.string("name");
         let optional = f.bool("is_optional");
         if f.bool("disabled") {
@@ -294,6 +295,9 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
                     "upstream_log_options",
                     "accepted without effect: upstream access logs are not implemented yet",
                 );
+            }
+            Some((t, inner)) if filters::is_implemented(&t) => {
+                http_filters.extend(filters::http_filter(name, &t, inner, false));
             }
             Some((t, inner)) => {
                 let t = super::extension_name(&t, &inner);
@@ -460,6 +464,7 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
         http2,
         max_request_headers_kb,
         access_logs,
+        filters: http_filters,
     })
 }
 

@@ -18,6 +18,7 @@ use super::decode::ApiPool;
 mod access_log;
 mod bootstrap;
 mod cluster;
+mod filters;
 mod listener;
 mod policy;
 mod route;
@@ -338,6 +339,15 @@ impl<'c, 'p> Msg<'c, 'p> {
             .and_then(|f| f.kind().as_enum().cloned())
             .and_then(|e| e.get_value(number).map(|v| v.name().to_string()))
             .unwrap_or_else(|| number.to_string())
+    }
+
+    /// The number of an enum field (0 when unset), for enums whose numbers mean something
+    /// (e.g. `type.v3.StatusCode`).
+    pub fn enum_number(&mut self, name: &str) -> i32 {
+        match self.take(name) {
+            Some(Value::EnumNumber(n)) => n,
+            _ => 0,
+        }
     }
 
     /// A nested message field.

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 
-use super::Msg;
+use super::{filters::per_filter_configs, Msg};
 use crate::config::{
     self, AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderAdd, HeaderMatcher, HeaderOps, HeaderRule,
     PathMatch, RouteAction, StringMatch, StringMatchKind,
@@ -69,6 +69,7 @@ fn virtual_host(mut m: Msg<'_, '_>) -> Option<config::VirtualHost> {
     }
     let headers = header_ops(&mut m);
     let routes = m.list("routes").into_iter().filter_map(route).collect();
+    let filter_overrides = per_filter_configs(&mut m);
     m.ignore("metadata");
     m.advisory(
         "virtual_clusters",
@@ -82,6 +83,7 @@ fn virtual_host(mut m: Msg<'_, '_>) -> Option<config::VirtualHost> {
         domains,
         routes,
         headers,
+        filter_overrides,
     })
 }
 
@@ -111,17 +113,13 @@ fn route(mut m: Msg<'_, '_>) -> Option<config::Route> {
     m.ignore("per_request_buffer_limit_bytes");
     m.advisory("decorator", "accepted without effect: remora does not trace yet");
     m.advisory("tracing", "accepted without effect: remora does not trace yet");
-    if !m.map_entries("typed_per_filter_config").is_empty() {
-        m.field_error(
-            "typed_per_filter_config",
-            "per-route filter config is not supported yet",
-        );
-    }
+    let filter_overrides = per_filter_configs(&mut m);
     Some(config::Route {
         name,
         matcher: matcher?,
         action: action?,
         headers,
+        filter_overrides,
     })
 }
 
@@ -405,7 +403,7 @@ fn header_ops(m: &mut Msg<'_, '_>) -> HeaderOps {
     ops
 }
 
-fn header_add(mut m: Msg<'_, '_>) -> Option<HeaderAdd> {
+pub(super) fn header_add(mut m: Msg<'_, '_>) -> Option<HeaderAdd> {
     let Some(mut h) = m.msg("header") else {
         m.field_error("header", "a header to add needs a header");
         return None;
