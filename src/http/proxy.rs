@@ -349,7 +349,7 @@ impl HttpProxy {
                 return Err(fail(ProxyError::Overflow("max_requests"), at));
             };
             let sent = endpoint.send_upgrade(req.map(RequestBody::Stream));
-            with_deadline(deadline, sent).await.map(|resp| {
+            upstream::with_deadline(deadline, sent).await.map(|resp| {
                 (
                     Forwarded {
                         resp,
@@ -368,7 +368,7 @@ impl HttpProxy {
                 action.timeout,
                 &mut outcome.upstream,
             );
-            with_deadline(deadline, sent).await.map(|f| (f, None))
+            upstream::with_deadline(deadline, sent).await.map(|f| (f, None))
         };
         let (forwarded, downstream_upgrade) = match result {
             Ok(r) => r,
@@ -573,19 +573,6 @@ impl HttpProxy {
         for (format, sink) in &self.access_logs {
             sink.write(&format.render(&entry));
         }
-    }
-}
-
-/// Runs `f` under the route's deadline: 504 UT when it passes first.
-async fn with_deadline<T>(
-    deadline: Option<Instant>,
-    f: impl std::future::Future<Output = Result<T, ProxyError>>,
-) -> Result<T, ProxyError> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, f)
-            .await
-            .unwrap_or(Err(ProxyError::UpstreamTimeout)),
-        None => f.await,
     }
 }
 

@@ -228,3 +228,16 @@ fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
     *req.headers_mut() = p.headers.clone();
     req.into_parts().0
 }
+
+/// Runs `f` under the route's deadline: 504 UT when it passes first.
+pub async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    f: impl std::future::Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f)
+            .await
+            .unwrap_or(Err(ProxyError::UpstreamTimeout)),
+        None => f.await,
+    }
+}

@@ -8,6 +8,7 @@ pub mod fault;
 pub mod grpc_timeout;
 pub mod local_ratelimit;
 pub mod outlier;
+pub mod outlier_config;
 pub mod retry;
 pub mod retry_on;
 pub mod retry_state;

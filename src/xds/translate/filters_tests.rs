@@ -11,36 +11,8 @@ const HCM: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typ
 /// A bootstrap whose HCM has `filters` (YAML list items, indented for `http_filters`) before the
 /// router, and whose only route carries `route_extra` (e.g. typed_per_filter_config).
 fn bootstrap(filters: &str, route_extra: &str) -> String {
-    format!(
-        r#"static_resources:
-  listeners:
-  - name: l
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: hcm
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: t
-          route_config:
-            virtual_hosts:
-            - name: v
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: / }}
-                route: {{ cluster: c }}{route_extra}
-          http_filters:{filters}
-          - name: router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: c
-    load_assignment:
-      cluster_name: c
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 10.0.0.1, port_value: 80 }} }} }}
-"#
-    )
+    let route = format!("route: {{ cluster: c }}{route_extra}");
+    crate::xds::translate::tests::bootstrap_with_filters(&route, "", "", filters)
 }
 
 fn fault(body: &str) -> String {

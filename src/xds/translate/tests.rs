@@ -6,6 +6,11 @@ use std::time::Duration;
 use crate::config::{ClusterTarget, NetworkFilter, RouteAction, UpstreamProtocol};
 
 fn bootstrap(route: &str, cluster_extra: &str, hcm_extra: &str) -> String {
+    bootstrap_with_filters(route, cluster_extra, hcm_extra, "")
+}
+
+/// The test bootstrap with `filters` (YAML list items) before the router.
+pub(super) fn bootstrap_with_filters(route: &str, cluster_extra: &str, hcm_extra: &str, filters: &str) -> String {
     format!(
         r#"static_resources:
   listeners:
@@ -24,7 +29,7 @@ fn bootstrap(route: &str, cluster_extra: &str, hcm_extra: &str) -> String {
               routes:
               - match: {{ prefix: / }}
                 {route}
-          http_filters:
+          http_filters:{filters}
           - name: router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:
