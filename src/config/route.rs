@@ -152,6 +152,9 @@ pub struct ForwardAction {
     /// `retry_policy` of the route, else of its virtual host.
     #[serde(serialize_with = "super::ser_debug")]
     pub retry: Option<std::sync::Arc<super::RetryPolicy>>,
+    /// `hash_policy`: what ring hash and maglev clusters hash a request by.
+    #[serde(serialize_with = "super::ser_debug")]
+    pub hash_policy: Vec<super::HashPolicy>,
 }
 
 fn ser_status_code<S: serde::Serializer>(v: &StatusCode, s: S) -> Result<S::Ok, S::Error> {

@@ -16,8 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::client::Release;
-use crate::{policy::circuit_breaker::RequestGuard, telemetry::stats::ClusterStats};
+use super::{client::Release, upstream::Held};
+use crate::telemetry::stats::ClusterStats;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -32,9 +32,10 @@ pub struct UpstreamBody {
     deadline: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
     stats: Arc<ClusterStats>,
-    /// The request's slot of the cluster's `max_requests`, held until the
-    /// response has been streamed (Envoy counts a request active until then).
-    _request_slot: Option<RequestGuard>,
+    /// The request's slot of the cluster's `max_requests` and its place in
+    /// the endpoint's active requests, held until the response has been
+    /// streamed (Envoy counts a request active until then).
+    _held: Held,
 }
 
 impl ProxyBody {
@@ -52,7 +53,7 @@ impl ProxyBody {
         release: Release,
         deadline: Option<Instant>,
         stats: Arc<ClusterStats>,
-        request_slot: RequestGuard,
+        held: Held,
     ) -> ProxyBody {
         let mut body = UpstreamBody {
             inner,
@@ -60,7 +61,7 @@ impl ProxyBody {
             deadline,
             sleep: None,
             stats,
-            _request_slot: Some(request_slot),
+            _held: held,
         };
         if body.inner.is_end_stream() {
             body.finish();

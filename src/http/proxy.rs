@@ -3,7 +3,11 @@
 //! and send the response back with the route's header mutations. Failures
 //! become local replies classified in `error.rs`.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant as StdInstant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant as StdInstant,
+};
 
 use arc_swap::ArcSwap;
 use http::{
@@ -24,10 +28,10 @@ use super::{
     request::{append_xff, new_request_id, request_host, validate, LoggedRequest},
     request_body::RequestBody,
     route::{is_grpc, RouteHit, RouteTable},
-    upstream::{self, Forwarded},
+    upstream::{self, Forwarded, Held},
 };
 use crate::{
-    balance::{ClusterMap, ClusterRuntime},
+    balance::{hash::request_hash, ClusterMap, ClusterRuntime, HostActive},
     config::{
         ClusterTarget, ForwardAction, HeaderOps, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
         UpstreamProtocol, VirtualHost, WeightedCluster,
@@ -156,7 +160,7 @@ impl HttpProxy {
         };
         let request_id = self.prepare_request(&mut req, conn);
         let result = match validate(&req) {
-            Ok(()) => self.route_and_forward(req, &mut outcome).await,
+            Ok(()) => self.route_and_forward(req, conn.remote.ip(), &mut outcome).await,
             Err(e) => Err(e.into()),
         };
         let mut resp = match result {
@@ -226,6 +230,7 @@ impl HttpProxy {
     async fn route_and_forward(
         &self,
         mut req: Request<Incoming>,
+        source: IpAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Failure<'_>> {
         // Route on borrowed host and path: the matched route borrows the
@@ -348,6 +353,10 @@ impl HttpProxy {
                 cstats.upstream_rq_pending_overflow.inc();
                 return Err(fail(ProxyError::Overflow("max_requests"), at));
             };
+            let held = Held {
+                request_slot: slot,
+                host_active: HostActive::new(&endpoint.stats),
+            };
             let sent = endpoint.send_upgrade(req.map(RequestBody::Stream));
             upstream::with_deadline(deadline, sent).await.map(|resp| {
                 (
@@ -355,17 +364,24 @@ impl HttpProxy {
                         resp,
                         release: Release::None,
                         endpoint: endpoint.clone(),
-                        request_slot: slot,
+                        held,
                     },
                     Some(downstream_upgrade),
                 )
             })
         } else {
+            // Only the consistent-hash balancers read the request hash.
+            let hash = if cluster.config.lb.needs_hash() && !action.hash_policy.is_empty() {
+                request_hash(&action.hash_policy, req.headers(), req.uri().query(), Some(source))
+            } else {
+                None
+            };
             let sent = upstream::forward(
                 &cluster,
                 req,
                 action.retry.as_deref(),
                 action.timeout,
+                hash,
                 &mut outcome.upstream,
             );
             upstream::with_deadline(deadline, sent).await.map(|f| (f, None))
@@ -384,7 +400,7 @@ impl HttpProxy {
             mut resp,
             release,
             endpoint: _,
-            request_slot,
+            held,
         } = forwarded;
         let status = resp.status();
         cstats.response(status.as_u16());
@@ -404,7 +420,7 @@ impl HttpProxy {
         let body = if upgraded {
             ProxyBody::empty()
         } else {
-            ProxyBody::upstream(body, release, deadline, cluster.stats.clone(), request_slot)
+            ProxyBody::upstream(body, release, deadline, cluster.stats.clone(), held)
         };
         let mut resp = Response::from_parts(parts, body);
         self.route_response_ops(&mut resp, vh, route, weighted.map(|w| &w.headers));

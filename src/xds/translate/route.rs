@@ -313,6 +313,14 @@ fn route_action(mut m: Msg<'_, '_>) -> Option<ForwardAction> {
         .msg("retry_policy")
         .and_then(super::policy::retry_policy)
         .map(std::sync::Arc::new);
+    let hash_policy = super::lb::hash_policies(&mut m);
+    if !hash_policy.is_empty() {
+        let names: Vec<&str> = match &target {
+            ClusterTarget::Single(n) => vec![n.as_str()],
+            ClusterTarget::Weighted(w) => w.clusters.iter().map(|c| c.name.as_str()).collect(),
+        };
+        ctx.check_hash_targets(&m.field_path("hash_policy"), names);
+    }
     Some(ForwardAction {
         target,
         prefix_rewrite,
@@ -320,6 +328,7 @@ fn route_action(mut m: Msg<'_, '_>) -> Option<ForwardAction> {
         timeout,
         cluster_not_found_status,
         retry,
+        hash_policy,
     })
 }
 
