@@ -309,7 +309,10 @@ mod tests {
         assert_eq!(ab, Some(xxh64(b"foo", xxh64(b"bar", 0))));
         assert_eq!(ab, ba);
         assert_eq!(request_hash(&p, &headers(&[("other", "foo")]), None, None), None);
-        assert_eq!(request_hash(&p, &headers(&[("x-user", "")]), None, None), Some(xxh64(b"", 0)));
+        assert_eq!(
+            request_hash(&p, &headers(&[("x-user", "")]), None, None),
+            Some(xxh64(b"", 0))
+        );
     }
 
     // Envoy generateHash: results fold as rotl(h, 1) ^ new; policies without a
@@ -412,7 +415,10 @@ mod tests {
             terminal: false,
         }];
         let h = HeaderMap::new();
-        assert_eq!(request_hash(&p, &h, Some("a=1&user=bob&user=al"), None), Some(xxh64(b"bob", 0)));
+        assert_eq!(
+            request_hash(&p, &h, Some("a=1&user=bob&user=al"), None),
+            Some(xxh64(b"bob", 0))
+        );
         assert_eq!(request_hash(&p, &h, Some("user"), None), Some(xxh64(b"", 0)));
         assert_eq!(request_hash(&p, &h, Some("username=x"), None), None);
         assert_eq!(request_hash(&p, &h, None, None), None);

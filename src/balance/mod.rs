@@ -137,8 +137,10 @@ impl ClusterRuntime {
         let level = self.levels.get(choice.level)?;
         let ejected = |e: &EndpointPool| self.outlier.as_ref().is_some_and(|o| o.is_ejected(e.address));
         let fits = |i: usize| -> bool {
-            let (Some(cfg), Some(ep)) = (self.config.endpoints.get(level.hosts[i]), self.endpoints.get(level.hosts[i]))
-            else {
+            let (Some(cfg), Some(ep)) = (
+                self.config.endpoints.get(level.hosts[i]),
+                self.endpoints.get(level.hosts[i]),
+            ) else {
                 return false;
             };
             match choice.hosts {
@@ -193,7 +195,11 @@ impl ClusterRuntime {
                     ..LevelHealth::default()
                 };
                 for &i in &level.hosts {
-                    let health = self.config.endpoints.get(i).map_or(HealthStatus::Unhealthy, |e| e.health);
+                    let health = self
+                        .config
+                        .endpoints
+                        .get(i)
+                        .map_or(HealthStatus::Unhealthy, |e| e.health);
                     if health.excluded() {
                         h.excluded += 1;
                     } else if !ejected(i) {

@@ -7,7 +7,7 @@ use super::*;
 use crate::{
     balance::lb::LbPolicy,
     config::{Endpoint, HealthStatus},
-    policy::outlier::{OutlierConfig, Outcome},
+    policy::outlier::{Outcome, OutlierConfig},
 };
 
 fn ep(port: u16) -> Endpoint {

@@ -35,7 +35,10 @@ pub fn cluster_lb(m: &mut Msg<'_, '_>) -> (LbPolicy, f64) {
     // The per-policy config oneof: as Envoy, a config for another policy than
     // the one chosen has no effect.
     for (field, applies) in [
-        ("least_request_lb_config", matches!(policy, LbPolicy::LeastRequest { .. })),
+        (
+            "least_request_lb_config",
+            matches!(policy, LbPolicy::LeastRequest { .. }),
+        ),
         ("ring_hash_lb_config", matches!(policy, LbPolicy::RingHash { .. })),
         ("maglev_lb_config", matches!(policy, LbPolicy::Maglev { .. })),
         ("round_robin_lb_config", policy == LbPolicy::RoundRobin),
@@ -60,7 +63,9 @@ pub fn cluster_lb(m: &mut Msg<'_, '_>) -> (LbPolicy, f64) {
     if let Some(p) = m.msg("load_balancing_policy").and_then(extension_policy) {
         policy = p;
     }
-    let panic_threshold = m.msg("common_lb_config").map_or(DEFAULT_PANIC_THRESHOLD, common_lb_config);
+    let panic_threshold = m
+        .msg("common_lb_config")
+        .map_or(DEFAULT_PANIC_THRESHOLD, common_lb_config);
     if let Err(e) = policy.validate() {
         m.error(e);
     }
@@ -97,7 +102,8 @@ fn policy_fields(c: &mut Msg<'_, '_>, policy: &mut LbPolicy) {
                 }
             }
             if c.knows("enable_full_scan") && c.bool("enable_full_scan") {
-                c.ctx().error(&c.field_path("enable_full_scan"), "full scan is not supported yet");
+                c.ctx()
+                    .error(&c.field_path("enable_full_scan"), "full scan is not supported yet");
             }
             if c.knows("selection_method") {
                 let method = c.enum_name("selection_method");

@@ -9,7 +9,8 @@ use crate::{
 };
 
 const CLUSTER0: &str = "static_resources.clusters[0]";
-const ROUTE0: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0]";
+const ROUTE0: &str =
+    "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0]";
 /// After the cluster's one endpoint line: fields of that `lb_endpoints` entry.
 const LB_ENDPOINT: &str = "\n          ";
 
@@ -53,7 +54,9 @@ fn policy_configs_are_read() {
         }
     );
     assert_eq!(
-        lb_of("\n    lb_policy: RING_HASH\n    ring_hash_lb_config: { minimum_ring_size: 64, maximum_ring_size: 4096 }"),
+        lb_of(
+            "\n    lb_policy: RING_HASH\n    ring_hash_lb_config: { minimum_ring_size: 64, maximum_ring_size: 4096 }"
+        ),
         LbPolicy::RingHash {
             min_ring_size: 64,
             max_ring_size: 4096

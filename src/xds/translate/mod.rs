@@ -20,14 +20,14 @@ mod bootstrap;
 mod cluster;
 mod filters;
 mod lb;
+#[cfg(test)]
+mod lb_tests;
 mod listener;
 mod policy;
 mod route;
 mod tcp;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod lb_tests;
 
 pub use bootstrap::bootstrap;
 
