@@ -21,9 +21,12 @@ use super::{
     error::{local_reply, ProxyError},
     filters::{with_delay_flag, Applied, HttpFilters},
     headers::{apply_request_ops, apply_response_ops, sanitize, strip_hop_by_hop, upgrade_type, Sanitize},
+    mirror::{self, Mirroring},
     request::{append_xff, new_request_id, request_host, validate, LoggedRequest},
-    request_body::RequestBody,
+    request_body::{Downstream, RequestBody},
     route::{is_grpc, RouteHit, RouteTable},
+    stream_timers::StreamTimers,
+    timeouts,
     upstream::{self, Forwarded},
 };
 use crate::{
@@ -32,6 +35,7 @@ use crate::{
         ClusterTarget, ForwardAction, HeaderOps, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
         UpstreamProtocol, VirtualHost, WeightedCluster,
     },
+    policy::{grpc_timeout::Deadlines, retry_state::DEFAULT_REPLAY_LIMIT},
     telemetry::{
         access_log::{Entry, Format, Sink},
         stats::{ActiveGuard, HttpStats},
@@ -41,7 +45,6 @@ use crate::{
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
-static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
@@ -78,6 +81,17 @@ struct RouteRef<'a> {
     vh: &'a VirtualHost,
     route: &'a Route,
     weighted: Option<&'a HeaderOps>,
+}
+
+/// A request's matched route and what was decided with it, for the part of the
+/// request the stream's timers cover.
+struct Matched<'a> {
+    at: RouteRef<'a>,
+    index: (usize, usize),
+    picked: Option<(&'a str, Option<&'a WeightedCluster>)>,
+    deadlines: Deadlines,
+    timers: Option<StreamTimers>,
+    conn: ConnInfo,
 }
 
 fn fail(error: ProxyError, at: RouteRef<'_>) -> Failure<'_> {
@@ -133,6 +147,7 @@ impl HttpProxy {
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = StdInstant::now();
+        let stream_start = Instant::now();
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         let _active = ActiveGuard::new(&stats.downstream_rq_active);
@@ -156,7 +171,7 @@ impl HttpProxy {
         };
         let request_id = self.prepare_request(&mut req, conn);
         let result = match validate(&req) {
-            Ok(()) => self.route_and_forward(req, &mut outcome).await,
+            Ok(()) => self.route_and_forward(req, &mut outcome, conn, stream_start).await,
             Err(e) => Err(e.into()),
         };
         let mut resp = match result {
@@ -227,6 +242,8 @@ impl HttpProxy {
         &self,
         mut req: Request<Incoming>,
         outcome: &mut Outcome,
+        conn: ConnInfo,
+        stream_start: Instant,
     ) -> Result<Response<ProxyBody>, Failure<'_>> {
         // Route on borrowed host and path: the matched route borrows the
         // config, not the request, so nothing is copied per request.
@@ -260,6 +277,44 @@ impl HttpProxy {
             RouteAction::Direct(_) => None,
         };
         at.weighted = picked.and_then(|(_, w)| w).map(|w| &w.headers);
+        // Envoy arms the stream's max-duration and idle timers once the route is
+        // resolved, before the filters run; they cover everything from here on.
+        let (deadlines, idle) = timeouts::route_limits(&self.hcm, route, req.headers());
+        let timers = StreamTimers::new(stream_start, deadlines.stream, idle, self.stats.clone());
+        let matched = Matched {
+            at,
+            index,
+            picked,
+            deadlines,
+            timers: timers.clone(),
+            conn,
+        };
+        let Some(timers) = timers else {
+            return self.forward_matched(req, outcome, matched).await;
+        };
+        match timers.guard(self.forward_matched(req, outcome, matched)).await {
+            Ok(result) => result,
+            Err(expired) => Err(fail(expired.error(timers.request_complete()), at)),
+        }
+    }
+
+    /// The request on its matched route, under the stream's timers: the
+    /// filters, then a direct response or the upstream.
+    async fn forward_matched<'a>(
+        &'a self,
+        mut req: Request<Incoming>,
+        outcome: &mut Outcome,
+        matched: Matched<'a>,
+    ) -> Result<Response<ProxyBody>, Failure<'a>> {
+        let Matched {
+            at,
+            index,
+            picked,
+            deadlines,
+            timers,
+            conn,
+        } = matched;
+        let RouteRef { vh, route, .. } = at;
         // Route match -> fault injection -> rate limit, in the configured order.
         if !self.filters.is_empty() {
             let cluster = picked.map(|(name, _)| name);
@@ -324,14 +379,10 @@ impl HttpProxy {
         let upstream_h2 = upgrade.is_none() && cluster.config.protocol == UpstreamProtocol::Http2;
         self.rewrite(&mut req, route, action, upgrade.is_some(), upstream_h2)
             .map_err(|e| fail(e, at))?;
-        if !self.hcm.suppress_envoy_headers {
-            if let Some(t) = action.timeout {
-                req.headers_mut()
-                    .insert(&X_ENVOY_EXPECTED_TIMEOUT, HeaderValue::from(t.as_millis() as u64));
-            }
-        }
+        timeouts::set_headers(req.headers_mut(), action, &deadlines, self.hcm.suppress_envoy_headers);
 
-        let deadline = action.timeout.map(|t| Instant::now() + t);
+        let route_timeout = deadlines.route;
+        let deadline = route_timeout.and_then(|t| Instant::now().checked_add(t));
         let upstream_started = StdInstant::now();
         let cstats = &cluster.stats;
         let result = if upgrade.is_some() {
@@ -348,7 +399,7 @@ impl HttpProxy {
                 cstats.upstream_rq_pending_overflow.inc();
                 return Err(fail(ProxyError::Overflow("max_requests"), at));
             };
-            let sent = endpoint.send_upgrade(req.map(RequestBody::Stream));
+            let sent = endpoint.send_upgrade(req.map(|body| RequestBody::Stream(Downstream::plain(body))));
             upstream::with_deadline(deadline, sent).await.map(|resp| {
                 (
                     Forwarded {
@@ -361,11 +412,24 @@ impl HttpProxy {
                 )
             })
         } else {
+            // Mirrors get the request as it goes upstream, and its body as it is read.
+            let mirrors = mirror::start(
+                &action.mirrors,
+                &req,
+                &Mirroring {
+                    clusters: &self.clusters.load(),
+                    timeout: route_timeout,
+                    local: conn.local,
+                    primary: &cluster.stats,
+                    limit: DEFAULT_REPLAY_LIMIT,
+                },
+            );
+            let req = req.map(|body| RequestBody::Stream(Downstream::new(body, timers.clone(), mirrors)));
             let sent = upstream::forward(
                 &cluster,
                 req,
                 action.retry.as_deref(),
-                action.timeout,
+                route_timeout,
                 &mut outcome.upstream,
             );
             upstream::with_deadline(deadline, sent).await.map(|f| (f, None))
@@ -404,7 +468,7 @@ impl HttpProxy {
         let body = if upgraded {
             ProxyBody::empty()
         } else {
-            ProxyBody::upstream(body, release, deadline, cluster.stats.clone(), request_slot)
+            ProxyBody::upstream(body, release, deadline, cluster.stats.clone(), request_slot, timers)
         };
         let mut resp = Response::from_parts(parts, body);
         self.route_response_ops(&mut resp, vh, route, weighted.map(|w| &w.headers));
