@@ -281,6 +281,9 @@ impl HttpProxy {
         // resolved, before the filters run; they cover everything from here on.
         let (deadlines, idle) = timeouts::route_limits(&self.hcm, route, req.headers());
         let timers = StreamTimers::new(stream_start, deadlines.stream, idle, self.stats.clone());
+        if let (Some(t), true) = (&timers, req.body().is_end_stream()) {
+            t.complete_request();
+        }
         let matched = Matched {
             at,
             index,
@@ -412,9 +415,15 @@ impl HttpProxy {
                 )
             })
         } else {
-            // Mirrors get the request as it goes upstream, and its body as it is read.
+            // Mirrors get the request as it goes upstream, and its body as it is
+            // read; Envoy starts none when the primary has no host to go to.
+            let policies = if cluster.endpoints.is_empty() {
+                &[][..]
+            } else {
+                &action.mirrors[..]
+            };
             let mirrors = mirror::start(
-                &action.mirrors,
+                policies,
                 &req,
                 &Mirroring {
                     clusters: &self.clusters.load(),
