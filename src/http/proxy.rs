@@ -1,7 +1,8 @@
 //! One HTTP request through the proxy, top to bottom: sanitize headers,
-//! match a route, answer directly or pick a cluster and endpoint, forward,
-//! and send the response back with the route's header mutations. Failures
-//! become local replies classified in `error.rs`.
+//! match a route, arm the stream's timers (`stream_timers.rs`), answer
+//! directly or pick a cluster and endpoint, start the route's mirrors
+//! (`mirror.rs`), forward, and send the response back with the route's header
+//! mutations. Failures become local replies classified in `error.rs`.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant as StdInstant};
 
