@@ -146,11 +146,18 @@ impl StreamTimers {
     /// Polls the timers with `sleep` (made on first need). Ready once one has
     /// run out; an idle deadline that moved with activity is re-armed.
     pub fn poll_expired(&self, sleep: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> Poll<Expired> {
+        let Some(at) = self.next_deadline() else {
+            return Poll::Pending;
+        };
+        let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        self.poll_sleep(sleep.as_mut(), cx)
+    }
+
+    fn poll_sleep(&self, mut sleep: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Expired> {
         loop {
             let Some(at) = self.next_deadline() else {
                 return Poll::Pending;
             };
-            let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             if sleep.deadline() != at {
                 sleep.as_mut().reset(at);
             }
@@ -163,8 +170,13 @@ impl StreamTimers {
 
     /// Runs `work` until it finishes or a timer runs out, whichever is first.
     pub async fn guard<F: Future>(&self, work: F) -> Result<F::Output, Expired> {
-        let mut sleep = None;
-        let expired = poll_fn(|cx| self.poll_expired(&mut sleep, cx));
+        let Some(first) = self.next_deadline() else {
+            return Ok(work.await);
+        };
+        // The timer lives in this future, not in a box of its own.
+        let sleep = tokio::time::sleep_until(first);
+        tokio::pin!(sleep);
+        let expired = poll_fn(|cx| self.poll_sleep(sleep.as_mut(), cx));
         tokio::select! {
             biased;
             out = work => Ok(out),
