@@ -91,7 +91,7 @@ fn request(c: &mut Criterion) {
     );
     let source: Option<IpAddr> = Some([10, 1, 2, 3].into());
     c.bench_function("request_hash/header+cookie+source_ip", |b| {
-        b.iter(|| black_box(request_hash(&policies, black_box(&headers), source)))
+        b.iter(|| black_box(request_hash(&policies, black_box(&headers), None, source)))
     });
 
     let level = |total, healthy, degraded| LevelHealth {

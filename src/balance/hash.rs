@@ -99,19 +99,29 @@ pub enum HashKind {
     Cookie(String),
     /// `connection_properties.source_ip: true`.
     SourceIp,
+    /// `query_parameter.name`: the first value of that parameter, as written
+    /// (not percent-decoded, as Envoy's `parseQueryString`); a parameter
+    /// without '=' has the empty value, which hashes too.
+    QueryParameter(String),
 }
 
 /// The request's hash under `policies`, as Envoy's `HashPolicyImpl::generateHash`:
 /// each policy that yields a value folds in as `hash.rotate_left(1) ^ new`, and
 /// evaluation stops at a terminal policy once any hash exists. None when no
 /// policy yields a value (the balancer then hashes at random, as Envoy).
-pub fn request_hash(policies: &[HashPolicy], headers: &HeaderMap, source: Option<IpAddr>) -> Option<u64> {
+pub fn request_hash(
+    policies: &[HashPolicy],
+    headers: &HeaderMap,
+    query: Option<&str>,
+    source: Option<IpAddr>,
+) -> Option<u64> {
     let mut hash: Option<u64> = None;
     for policy in policies {
         let new = match &policy.kind {
             HashKind::Header(name) => header_hash(headers, name),
             HashKind::Cookie(name) => cookie_value(headers, name.as_bytes()).map(|v| xxh64(v, 0)),
             HashKind::SourceIp => source.map(source_ip_hash),
+            HashKind::QueryParameter(name) => query_value(query, name).map(|v| xxh64(v.as_bytes(), 0)),
         };
         if let Some(new) = new {
             hash = Some(hash.map_or(0, |h| h.rotate_left(1)) ^ new);
@@ -162,6 +172,15 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &[u8]) -> Option<&'a [u8]> {
         }
     }
     None
+}
+
+/// The first value of query parameter `name` in `query` (the part after '?').
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| match pair.split_once('=') {
+        Some((k, v)) if k == name => Some(v),
+        None if pair == name => Some(""),
+        _ => None,
+    })
 }
 
 /// Envoy hashes `Ip::addressAsString()`: dotted quad for IPv4, inet_ntop's form
@@ -282,15 +301,18 @@ mod tests {
     #[test]
     fn header_values_hash_sorted_and_chained() {
         let p = [header("x-user", false)];
-        let one = request_hash(&p, &headers(&[("x-user", "foo")]), None);
+        let one = request_hash(&p, &headers(&[("x-user", "foo")]), None, None);
         assert_eq!(one, Some(xxh64(b"foo", 0)));
-        let ab = request_hash(&p, &headers(&[("x-user", "foo"), ("x-user", "bar")]), None);
-        let ba = request_hash(&p, &headers(&[("x-user", "bar"), ("x-user", "foo")]), None);
+        let ab = request_hash(&p, &headers(&[("x-user", "foo"), ("x-user", "bar")]), None, None);
+        let ba = request_hash(&p, &headers(&[("x-user", "bar"), ("x-user", "foo")]), None, None);
         assert_eq!(xxh64(b"bar", xxh64(b"foo", 0)), 17745830980996999794);
         assert_eq!(ab, Some(xxh64(b"foo", xxh64(b"bar", 0))));
         assert_eq!(ab, ba);
-        assert_eq!(request_hash(&p, &headers(&[("other", "foo")]), None), None);
-        assert_eq!(request_hash(&p, &headers(&[("x-user", "")]), None), Some(xxh64(b"", 0)));
+        assert_eq!(request_hash(&p, &headers(&[("other", "foo")]), None, None), None);
+        assert_eq!(
+            request_hash(&p, &headers(&[("x-user", "")]), None, None),
+            Some(xxh64(b"", 0))
+        );
     }
 
     // Envoy generateHash: results fold as rotl(h, 1) ^ new; policies without a
@@ -326,9 +348,9 @@ mod tests {
             (vec![header("a", false), src.clone()], Some(ha.rotate_left(1) ^ hip)),
         ];
         for (policies, want) in cases {
-            assert_eq!(request_hash(&policies, &h, Some(ip)), want, "{policies:?}");
+            assert_eq!(request_hash(&policies, &h, None, Some(ip)), want, "{policies:?}");
         }
-        assert_eq!(request_hash(&[src], &h, None), None);
+        assert_eq!(request_hash(&[src], &h, None, None), None);
     }
 
     // Envoy Utility::parseCookieValue over every Cookie header.
@@ -352,7 +374,7 @@ mod tests {
         ];
         for &(values, name, want) in cases {
             let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("cookie", *v)).collect();
-            let got = request_hash(&[cookie(name)], &headers(&pairs), None);
+            let got = request_hash(&[cookie(name)], &headers(&pairs), None, None);
             assert_eq!(got, want.map(|w| xxh64(w.as_bytes(), 0)), "{values:?}");
         }
     }
@@ -377,10 +399,28 @@ mod tests {
         for &(ip, text) in cases {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(
-                request_hash(&src, &HeaderMap::new(), Some(ip)),
+                request_hash(&src, &HeaderMap::new(), None, Some(ip)),
                 Some(xxh64(text.as_bytes(), 0)),
                 "{ip}"
             );
         }
+    }
+
+    // Envoy's QueryParameterHashMethod: the first value of the parameter, as
+    // written in the path; a missing parameter gives no hash.
+    #[test]
+    fn query_parameter_hashes_its_first_value() {
+        let p = [HashPolicy {
+            kind: HashKind::QueryParameter("user".into()),
+            terminal: false,
+        }];
+        let h = HeaderMap::new();
+        assert_eq!(
+            request_hash(&p, &h, Some("a=1&user=bob&user=al"), None),
+            Some(xxh64(b"bob", 0))
+        );
+        assert_eq!(request_hash(&p, &h, Some("user"), None), Some(xxh64(b"", 0)));
+        assert_eq!(request_hash(&p, &h, Some("username=x"), None), None);
+        assert_eq!(request_hash(&p, &h, None, None), None);
     }
 }

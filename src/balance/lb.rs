@@ -78,6 +78,17 @@ impl LbPolicy {
         }
     }
 
+    /// Envoy's `lb_policy` name for this policy.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LbPolicy::RoundRobin => "ROUND_ROBIN",
+            LbPolicy::LeastRequest { .. } => "LEAST_REQUEST",
+            LbPolicy::Random => "RANDOM",
+            LbPolicy::RingHash { .. } => "RING_HASH",
+            LbPolicy::Maglev { .. } => "MAGLEV",
+        }
+    }
+
     /// Whether picks use the request hash (the consistent-hash balancers).
     pub fn needs_hash(&self) -> bool {
         matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })

@@ -10,15 +10,18 @@ pub mod priority;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering::Relaxed},
-        Arc, Weak,
-    },
+    sync::{Arc, Weak},
 };
 
+use arc_swap::ArcSwap;
+
+use self::{
+    lb::{Balancer, HostInfo},
+    priority::{HealthStatus, HostSubset, LevelHealth, Plan},
+};
 use crate::{
     config::Cluster,
-    http::client::EndpointPool,
+    http::client::{EndpointPool, EndpointStats},
     policy::{circuit_breaker::Breaker, outlier::OutlierDetector},
     telemetry::stats::{ClusterStats, Registry},
 };
@@ -26,12 +29,31 @@ use crate::{
 pub struct ClusterRuntime {
     pub config: Arc<Cluster>,
     pub stats: Arc<ClusterStats>,
+    /// Every endpoint, in the order of `config.endpoints`.
     pub endpoints: Vec<Arc<EndpointPool>>,
     /// The DEFAULT priority's circuit breaker (remora routes everything at
     /// DEFAULT priority, as Envoy does for routes without `priority: HIGH`).
     pub breaker: Breaker,
     pub outlier: Option<Arc<OutlierDetector>>,
-    next: AtomicUsize,
+    /// The priority levels present, highest first, each with its balancer.
+    levels: Vec<Level>,
+    /// Each level's share of traffic, recomputed when ejections change.
+    plan: ArcSwap<PlanState>,
+}
+
+/// One priority level: its endpoints (indexes into `endpoints`) and a
+/// balancer over them. Health and ejection filter per pick, so the balancer
+/// is built once per host set.
+struct Level {
+    hosts: Vec<usize>,
+    balancer: Balancer,
+}
+
+struct PlanState {
+    /// The outlier detector's epoch the plan was computed at.
+    epoch: u64,
+    plan: Plan,
+    healthy: usize,
 }
 
 impl ClusterRuntime {
@@ -47,49 +69,159 @@ impl ClusterRuntime {
             let hosts: Vec<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
             Arc::new(OutlierDetector::new(o, &hosts, tokio::time::Instant::now()))
         });
+        let mut priorities: Vec<u32> = config.endpoints.iter().map(|e| e.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        // Gaps between priorities change nothing in Envoy's arithmetic (an
+        // empty level has no availability), so only levels with hosts are kept.
+        let levels = priorities
+            .iter()
+            .map(|&p| {
+                let hosts: Vec<usize> = (0..config.endpoints.len())
+                    .filter(|&i| config.endpoints[i].priority == p)
+                    .collect();
+                let infos: Vec<HostInfo> = hosts
+                    .iter()
+                    .map(|&i| HostInfo {
+                        key: config.endpoints[i].address.to_string(),
+                        weight: config.endpoints[i].weight,
+                    })
+                    .collect();
+                Level {
+                    balancer: Balancer::new(&config.lb, &infos),
+                    hosts,
+                }
+            })
+            .collect();
         stats.membership_total.set(endpoints.len() as i64);
-        stats.membership_healthy.set(endpoints.len() as i64);
-        ClusterRuntime {
+        let rt = ClusterRuntime {
             config,
             stats,
             endpoints,
             breaker,
             outlier,
-            next: AtomicUsize::new(0),
-        }
+            levels,
+            plan: ArcSwap::from_pointee(PlanState {
+                epoch: u64::MAX,
+                plan: Plan::default(),
+                healthy: 0,
+            }),
+        };
+        rt.refresh_plan();
+        rt
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
-    /// Round robin over the cluster's endpoints; None when it has none.
+    /// An endpoint for a request without a hash or retry constraints.
     pub fn pick(&self) -> Option<&Arc<EndpointPool>> {
-        self.pick_where(|_| true)
+        self.pick_where(None, |_| true)
     }
 
-    /// Round robin over the endpoints that are not ejected and that `ok`
-    /// accepts (a retry's previous hosts). When outlier detection leaves no
-    /// host, every host is used again: Envoy's panic mode, which balances
-    /// across all hosts once too few are healthy.
-    pub fn pick_where(&self, ok: impl Fn(SocketAddr) -> bool) -> Option<&Arc<EndpointPool>> {
-        let n = self.endpoints.len();
-        if n == 0 {
+    /// Chooses an endpoint as Envoy does: a priority level by the plan
+    /// (healthy hosts first, then degraded ones, all hosts in panic), then a
+    /// host of that level by the cluster's balancer, skipping hosts whose
+    /// health, ejection or `ok` (a retry's previous hosts) rules them out.
+    /// When `ok` rules out every candidate it is given up, as Envoy uses its
+    /// last pick after `host_selection_retry_max_attempts`. `hash` is the
+    /// request's hash for ring hash and maglev. Draining hosts never get a
+    /// request. None when the cluster has no host to use.
+    pub fn pick_where(&self, hash: Option<u64>, ok: impl Fn(SocketAddr) -> bool) -> Option<&Arc<EndpointPool>> {
+        if self.endpoints.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Relaxed);
-        let ejected = |a: SocketAddr| self.outlier.as_ref().is_some_and(|o| o.is_ejected(a));
-        let healthy = |i: usize| self.endpoints.get((start + i) % n);
-        if let Some(ep) = (0..n)
-            .filter_map(healthy)
-            .find(|e| !ejected(e.address) && ok(e.address))
-        {
-            return Some(ep);
+        let plan = self.current_plan();
+        let choice = plan.plan.choose(hash.unwrap_or_else(|| fastrand::u64(..)))?;
+        let level = self.levels.get(choice.level)?;
+        let ejected = |e: &EndpointPool| self.outlier.as_ref().is_some_and(|o| o.is_ejected(e.address));
+        let fits = |i: usize| -> bool {
+            let (Some(cfg), Some(ep)) = (
+                self.config.endpoints.get(level.hosts[i]),
+                self.endpoints.get(level.hosts[i]),
+            ) else {
+                return false;
+            };
+            match choice.hosts {
+                HostSubset::Healthy => cfg.health.routable() && !ejected(ep),
+                HostSubset::Degraded => cfg.health.degraded() && !ejected(ep),
+                HostSubset::All => cfg.health != HealthStatus::Draining,
+            }
+        };
+        let active = |i: usize| {
+            self.endpoints
+                .get(level.hosts[i])
+                .map_or(0, |e| e.stats.rq_active.get().max(0) as u64)
+        };
+        let addr = |i: usize| self.endpoints[level.hosts[i]].address;
+        let picked = level
+            .balancer
+            .pick(hash, &active, &|i| fits(i) && ok(addr(i)))
+            .or_else(|| level.balancer.pick(hash, &active, &fits))?;
+        self.endpoints.get(level.hosts[picked])
+    }
+
+    /// The plan for the current ejections, recomputed when they changed.
+    fn current_plan(&self) -> arc_swap::Guard<Arc<PlanState>> {
+        let plan = self.plan.load();
+        let epoch = self.outlier.as_ref().map_or(0, |o| o.epoch());
+        if plan.epoch == epoch {
+            return plan;
         }
-        if let Some(ep) = (0..n).filter_map(healthy).find(|e| ok(e.address)) {
-            return Some(ep);
-        }
-        self.endpoints.get(start % n)
+        drop(plan);
+        self.refresh_plan();
+        self.plan.load()
+    }
+
+    /// Counts each level's healthy, degraded and draining hosts (ejected
+    /// hosts count as unhealthy, as Envoy's FAILED_OUTLIER_CHECK) and
+    /// recomputes the per-level loads and panic flags.
+    fn refresh_plan(&self) {
+        // Read the epoch first: an ejection during the count leaves the plan stale, not wrong forever.
+        let epoch = self.outlier.as_ref().map_or(0, |o| o.epoch());
+        let ejected = |i: usize| {
+            self.outlier
+                .as_ref()
+                .is_some_and(|o| self.endpoints.get(i).is_some_and(|e| o.is_ejected(e.address)))
+        };
+        let mut healthy_total = 0;
+        let levels: Vec<LevelHealth> = self
+            .levels
+            .iter()
+            .map(|level| {
+                let mut h = LevelHealth {
+                    total: level.hosts.len() as u32,
+                    ..LevelHealth::default()
+                };
+                for &i in &level.hosts {
+                    let health = self
+                        .config
+                        .endpoints
+                        .get(i)
+                        .map_or(HealthStatus::Unhealthy, |e| e.health);
+                    if health.excluded() {
+                        h.excluded += 1;
+                    } else if !ejected(i) {
+                        h.healthy += u32::from(health.routable());
+                        h.degraded += u32::from(health.degraded());
+                    }
+                }
+                healthy_total += h.healthy as usize;
+                h
+            })
+            .collect();
+        let plan = priority::plan_with_overprovisioning(
+            &levels,
+            self.config.panic_threshold,
+            self.config.overprovisioning_factor,
+        );
+        self.plan.store(Arc::new(PlanState {
+            epoch,
+            plan,
+            healthy: healthy_total,
+        }));
+        self.stats.membership_healthy.set(healthy_total as i64);
     }
 
     /// Starts the outlier detector's interval timer; it stops when the
@@ -116,15 +248,32 @@ impl ClusterRuntime {
         });
     }
 
-    /// `membership_healthy`: hosts not ejected.
+    /// Brings the plan and `membership_healthy` (hosts routable and not
+    /// ejected) up to date with the ejections.
     pub fn update_healthy(&self) {
-        let ejected = self
-            .outlier
-            .as_ref()
-            .map_or(0, |o| self.endpoints.iter().filter(|e| o.is_ejected(e.address)).count());
-        self.stats
-            .membership_healthy
-            .set(self.endpoints.len().saturating_sub(ejected) as i64);
+        let _ = self.current_plan();
+    }
+
+    /// Hosts that are routable and not ejected, as of the last plan.
+    pub fn healthy_hosts(&self) -> usize {
+        self.current_plan().healthy
+    }
+}
+
+/// One request in flight to an endpoint, counted in its `rq_active` (which
+/// least-request balancing reads) until dropped with the response body.
+pub struct HostActive(Arc<EndpointStats>);
+
+impl HostActive {
+    pub fn new(stats: &Arc<EndpointStats>) -> HostActive {
+        stats.rq_active.inc();
+        HostActive(stats.clone())
+    }
+}
+
+impl Drop for HostActive {
+    fn drop(&mut self) {
+        self.0.rq_active.dec();
     }
 }
 
@@ -181,11 +330,9 @@ impl ClusterMap {
                         }
                     }
                 }
-                // Start at a random offset so proxies started together do not march in step.
-                rt.next.store(fastrand::usize(..), Relaxed);
+                rt.refresh_plan();
                 let rt = Arc::new(rt);
                 rt.start_outlier_timer();
-                rt.update_healthy();
                 (c.name.clone(), rt)
             })
             .collect();
@@ -204,42 +351,4 @@ impl ClusterMap {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Endpoint, Http2Settings, UpstreamProtocol};
-
-    fn cluster(n: u16) -> Arc<Cluster> {
-        Arc::new(Cluster {
-            name: "c".into(),
-            connect_timeout: std::time::Duration::from_secs(1),
-            protocol: UpstreamProtocol::Http1,
-            http2: Http2Settings::default(),
-            idle_timeout: None,
-            endpoints: (0..n)
-                .map(|i| Endpoint {
-                    address: ([127, 0, 0, 1], 1000 + i).into(),
-                })
-                .collect(),
-            eds: None,
-            circuit_breakers: Default::default(),
-            outlier: None,
-        })
-    }
-
-    #[test]
-    fn round_robin_visits_every_endpoint_evenly() {
-        let rt = ClusterRuntime::new(cluster(3), &Registry::default());
-        let mut counts = HashMap::new();
-        for _ in 0..300 {
-            *counts.entry(rt.pick().unwrap().address.port()).or_insert(0) += 1;
-        }
-        assert_eq!(counts.len(), 3);
-        assert!(counts.values().all(|&c| c == 100), "{counts:?}");
-    }
-
-    #[test]
-    fn no_endpoints_no_pick() {
-        let rt = ClusterRuntime::new(cluster(0), &Registry::default());
-        assert!(rt.pick().is_none());
-    }
-}
+mod tests;

@@ -17,7 +17,14 @@ pub use filters::HttpFilter;
 pub use mirror::{MirrorHost, MirrorPolicy, MirrorTarget};
 pub use route::*;
 
-pub use crate::policy::{circuit_breaker::CircuitBreakers, outlier::OutlierConfig, retry::RetryPolicy};
+pub use crate::{
+    balance::{
+        hash::{HashKind, HashPolicy},
+        lb::LbPolicy,
+        priority::{HealthStatus, DEFAULT_OVERPROVISIONING_FACTOR, DEFAULT_PANIC_THRESHOLD},
+    },
+    policy::{circuit_breaker::CircuitBreakers, outlier::OutlierConfig, retry::RetryPolicy},
+};
 
 /// A whole proxy configuration, as a static bootstrap (or, later, xDS) gives it.
 #[derive(Debug, Clone, Serialize)]
@@ -231,11 +238,66 @@ pub struct Cluster {
     /// `outlier_detection`, when set.
     #[serde(serialize_with = "ser_debug")]
     pub outlier: Option<OutlierConfig>,
+    /// `lb_policy` with its `*_lb_config`.
+    #[serde(serialize_with = "ser_debug")]
+    pub lb: LbPolicy,
+    /// `common_lb_config.healthy_panic_threshold`, percent (default 50; 0 disables panic).
+    pub panic_threshold: f64,
+    /// The load assignment's `policy.overprovisioning_factor`, percent (default 140).
+    pub overprovisioning_factor: u32,
 }
 
+impl Cluster {
+    /// A cluster with Envoy's defaults for everything but its name and endpoints.
+    pub fn new(name: impl Into<String>, endpoints: Vec<Endpoint>) -> Cluster {
+        Cluster {
+            name: name.into(),
+            connect_timeout: Duration::from_secs(5),
+            protocol: UpstreamProtocol::Http1,
+            http2: Http2Settings::default(),
+            idle_timeout: Some(Duration::from_secs(3600)),
+            endpoints,
+            eds: None,
+            circuit_breakers: CircuitBreakers::default(),
+            outlier: None,
+            lb: LbPolicy::RoundRobin,
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
+        }
+    }
+}
+
+/// One upstream host (an `LbEndpoint`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
+    /// `load_balancing_weight` (default 1).
+    pub weight: u32,
+    /// `health_status` from EDS (default UNKNOWN, which is routable).
+    #[serde(serialize_with = "ser_debug")]
+    pub health: HealthStatus,
+    /// The locality's `priority` (0 is the highest).
+    pub priority: u32,
+}
+
+impl Endpoint {
+    /// A routable endpoint of weight 1 at priority 0.
+    pub fn new(address: SocketAddr) -> Endpoint {
+        Endpoint {
+            address,
+            weight: 1,
+            health: HealthStatus::Unknown,
+            priority: 0,
+        }
+    }
+}
+
+/// A `ClusterLoadAssignment` as translated: its endpoints and the
+/// overprovisioning factor of its policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub endpoints: Vec<Endpoint>,
+    pub overprovisioning_factor: u32,
 }
 
 /// Header mutations at one level (route config, virtual host, route, weighted cluster).

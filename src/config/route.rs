@@ -135,6 +135,10 @@ impl StringMatch {
     }
 }
 
+// Routes are built once per config and only borrowed per request; a box
+// would save memory on direct-response routes at the cost of a pointer chase
+// on every forwarded request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize)]
 pub enum RouteAction {
     Forward(ForwardAction),
@@ -166,6 +170,9 @@ pub struct ForwardAction {
     /// `request_mirror_policies` of the route, else of its virtual host, else of
     /// the route configuration (the most specific non-empty list, as Envoy).
     pub mirrors: Vec<super::MirrorPolicy>,
+    /// `hash_policy`: what ring hash and maglev clusters hash a request by.
+    #[serde(serialize_with = "super::ser_debug")]
+    pub hash_policy: Vec<super::HashPolicy>,
 }
 
 impl ForwardAction {

@@ -20,8 +20,9 @@ use tokio::time::{Instant, Sleep};
 use super::{
     client::Release,
     stream_timers::{StreamReset, StreamTimers},
+    upstream::Held,
 };
-use crate::{policy::circuit_breaker::RequestGuard, telemetry::stats::ClusterStats};
+use crate::telemetry::stats::ClusterStats;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,9 +39,10 @@ pub struct UpstreamBody {
     stats: Arc<ClusterStats>,
     timers: Option<StreamTimers>,
     timers_sleep: Option<Pin<Box<Sleep>>>,
-    /// The request's slot of the cluster's `max_requests`, held until the
-    /// response has been streamed (Envoy counts a request active until then).
-    _request_slot: Option<RequestGuard>,
+    /// The request's slot of the cluster's `max_requests` and its place in
+    /// the endpoint's active requests, held until the response has been
+    /// streamed (Envoy counts a request active until then).
+    _held: Held,
 }
 
 impl ProxyBody {
@@ -58,7 +60,7 @@ impl ProxyBody {
         release: Release,
         deadline: Option<Instant>,
         stats: Arc<ClusterStats>,
-        request_slot: RequestGuard,
+        held: Held,
         timers: Option<StreamTimers>,
     ) -> ProxyBody {
         let mut body = UpstreamBody {
@@ -69,7 +71,7 @@ impl ProxyBody {
             stats,
             timers,
             timers_sleep: None,
-            _request_slot: Some(request_slot),
+            _held: held,
         };
         if body.inner.is_end_stream() {
             body.finish();

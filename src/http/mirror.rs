@@ -251,18 +251,16 @@ pub fn shadow_host(host: &str) -> String {
 async fn send(cluster: Arc<ClusterRuntime>, req: Request<RequestBody>, timeout: Option<Duration>) {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut host = None;
-    let sent = upstream::forward(&cluster, req, None, timeout, &mut host);
+    // No retries, and no hash policy: Envoy's shadow goes through a route of its own.
+    let sent = upstream::forward(&cluster, req, None, timeout, None, &mut host);
     let stats = &cluster.stats;
     match upstream::with_deadline(deadline, sent).await {
         Ok(Forwarded {
-            resp,
-            release,
-            request_slot,
-            ..
+            resp, release, held, ..
         }) => {
             stats.response(resp.status().as_u16());
             let body = resp.into_body();
-            let mut body = ProxyBody::upstream(body, release, deadline, stats.clone(), request_slot, None);
+            let mut body = ProxyBody::upstream(body, release, deadline, stats.clone(), held, None);
             while let Some(frame) = body.frame().await {
                 if frame.is_err() {
                     break;

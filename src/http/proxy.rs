@@ -28,10 +28,10 @@ use super::{
     route::{is_grpc, RouteHit, RouteTable},
     stream_timers::StreamTimers,
     timeouts,
-    upstream::{self, Forwarded},
+    upstream::{self, Forwarded, Held},
 };
 use crate::{
-    balance::{ClusterMap, ClusterRuntime},
+    balance::{hash::request_hash, ClusterMap, ClusterRuntime, HostActive},
     config::{
         ClusterTarget, ForwardAction, HeaderOps, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
         UpstreamProtocol, VirtualHost, WeightedCluster,
@@ -403,6 +403,10 @@ impl HttpProxy {
                 cstats.upstream_rq_pending_overflow.inc();
                 return Err(fail(ProxyError::Overflow("max_requests"), at));
             };
+            let held = Held {
+                request_slot: slot,
+                host_active: HostActive::new(&endpoint.stats),
+            };
             let sent = endpoint.send_upgrade(req.map(|body| RequestBody::Stream(Downstream::plain(body))));
             upstream::with_deadline(deadline, sent).await.map(|resp| {
                 (
@@ -410,12 +414,19 @@ impl HttpProxy {
                         resp,
                         release: Release::None,
                         endpoint: endpoint.clone(),
-                        request_slot: slot,
+                        held,
                     },
                     Some(downstream_upgrade),
                 )
             })
         } else {
+            // Only the consistent-hash balancers read the request hash.
+            let hash = if cluster.config.lb.needs_hash() && !action.hash_policy.is_empty() {
+                let source = conn.remote.ip();
+                request_hash(&action.hash_policy, req.headers(), req.uri().query(), Some(source))
+            } else {
+                None
+            };
             // Mirrors get the request as it goes upstream, and its body as it is
             // read; Envoy starts none when the primary has no host to go to.
             let policies = if cluster.endpoints.is_empty() {
@@ -440,6 +451,7 @@ impl HttpProxy {
                 req,
                 action.retry.as_deref(),
                 route_timeout,
+                hash,
                 &mut outcome.upstream,
             );
             upstream::with_deadline(deadline, sent).await.map(|f| (f, None))
@@ -458,7 +470,7 @@ impl HttpProxy {
             mut resp,
             release,
             endpoint: _,
-            request_slot,
+            held,
         } = forwarded;
         let status = resp.status();
         cstats.response(status.as_u16());
@@ -478,7 +490,7 @@ impl HttpProxy {
         let body = if upgraded {
             ProxyBody::empty()
         } else {
-            ProxyBody::upstream(body, release, deadline, cluster.stats.clone(), request_slot, timers)
+            ProxyBody::upstream(body, release, deadline, cluster.stats.clone(), held, timers)
         };
         let mut resp = Response::from_parts(parts, body);
         self.route_response_ops(&mut resp, vh, route, weighted.map(|w| &w.headers));

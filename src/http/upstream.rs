@@ -17,7 +17,7 @@ use super::{
     request_body::{buffer_for_replay, RequestBody},
 };
 use crate::{
-    balance::ClusterRuntime,
+    balance::{ClusterRuntime, HostActive},
     policy::{
         circuit_breaker::RequestGuard,
         outlier::Outcome,
@@ -32,7 +32,15 @@ pub struct Forwarded {
     pub resp: Response<Incoming>,
     pub release: Release,
     pub endpoint: Arc<EndpointPool>,
+    pub held: Held,
+}
+
+/// What a request holds until its response body ends: its slot of the
+/// cluster's `max_requests`, and its place in the endpoint's active requests
+/// (which least-request balancing reads).
+pub struct Held {
     pub request_slot: RequestGuard,
+    pub host_active: HostActive,
 }
 
 /// Sends `req` to `cluster` under its circuit breaker, outlier detection
@@ -43,6 +51,7 @@ pub async fn forward(
     req: Request<RequestBody>,
     retry: Option<&RetryPolicy>,
     route_timeout: Option<Duration>,
+    hash: Option<u64>,
     upstream: &mut Option<SocketAddr>,
 ) -> Result<Forwarded, ProxyError> {
     let cstats = &cluster.stats;
@@ -56,14 +65,17 @@ pub async fn forward(
 
     let Some(policy) = retry else {
         // No retry policy: one attempt, the body streamed through.
-        let (endpoint, result) = attempt(cluster, req, None, |_| true, upstream).await;
-        let endpoint = endpoint?;
+        let (endpoint, result) = attempt(cluster, req, None, hash, |_| true, upstream).await;
+        let (endpoint, host_active) = endpoint?;
         let (resp, release) = result?;
         return Ok(Forwarded {
             resp,
             release,
             endpoint,
-            request_slot,
+            held: Held {
+                request_slot,
+                host_active,
+            },
         });
     };
 
@@ -96,8 +108,8 @@ pub async fn forward(
             req.headers_mut()
                 .insert("x-envoy-attempt-count", HeaderValue::from(state.attempt_count()));
         }
-        let (endpoint, result) = attempt(cluster, req, per_try, |a| state.host_ok(a), upstream).await;
-        if let Ok(ep) = &endpoint {
+        let (endpoint, result) = attempt(cluster, req, per_try, hash, |a| state.host_ok(a), upstream).await;
+        if let Ok((ep, _)) = &endpoint {
             state.attempted_host(ep.address);
         }
         let decision = {
@@ -122,13 +134,16 @@ pub async fn forward(
                 if let Some(name) = reason.stat_name() {
                     count(cstats, name);
                 }
-                let endpoint = endpoint?;
+                let (endpoint, host_active) = endpoint?;
                 let (resp, release) = result?;
                 return Ok(Forwarded {
                     resp,
                     release,
                     endpoint,
-                    request_slot,
+                    held: Held {
+                        request_slot,
+                        host_active,
+                    },
                 });
             }
         }
@@ -142,13 +157,15 @@ async fn attempt(
     cluster: &ClusterRuntime,
     req: Request<RequestBody>,
     per_try: Option<Duration>,
+    hash: Option<u64>,
     host_ok: impl Fn(SocketAddr) -> bool,
     upstream: &mut Option<SocketAddr>,
-) -> (Result<Arc<EndpointPool>, ProxyError>, AttemptResult) {
-    let Some(endpoint) = cluster.pick_where(host_ok).cloned() else {
+) -> (Result<(Arc<EndpointPool>, HostActive), ProxyError>, AttemptResult) {
+    let Some(endpoint) = cluster.pick_where(hash, host_ok).cloned() else {
         cluster.stats.upstream_cx_none_healthy.inc();
         return (Err(ProxyError::NoHealthyUpstream), Err(ProxyError::NoHealthyUpstream));
     };
+    let host_active = HostActive::new(&endpoint.stats);
     *upstream = Some(endpoint.address);
     let cstats = &cluster.stats;
     cstats.upstream_rq_total.inc();
@@ -191,7 +208,7 @@ async fn attempt(
             }
         }
     }
-    (Ok(endpoint), result)
+    (Ok((endpoint, host_active)), result)
 }
 
 fn attempt_outcome(e: &ProxyError) -> AttemptOutcome<'static> {

@@ -99,6 +99,9 @@ pub struct OutlierDetector {
     /// Read on every request; written only by `update_hosts`. Lock order: `hosts`, then `state`.
     hosts: RwLock<HashMap<SocketAddr, Arc<HostMonitor>>>,
     state: Mutex<DetectorState>,
+    /// Bumped whenever a host's ejection state may have changed, so the
+    /// balancer knows when to recount healthy hosts.
+    epoch: AtomicU64,
 }
 
 impl OutlierDetector {
@@ -116,6 +119,7 @@ impl OutlierDetector {
             config,
             hosts: RwLock::default(),
             state: Mutex::new(state),
+            epoch: AtomicU64::new(0),
         };
         detector.update_hosts(hosts);
         detector
@@ -123,6 +127,15 @@ impl OutlierDetector {
 
     pub fn config(&self) -> &OutlierConfig {
         &self.config
+    }
+
+    /// Changes whenever ejections (or the host set) may have changed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// When the interval timer should next call `tick`.
@@ -145,6 +158,7 @@ impl OutlierDetector {
             }
         }
         state.refresh_active();
+        self.bump_epoch();
     }
 
     /// Whether the balancer must treat `host` as unhealthy. An ejection ends at the first `tick`
@@ -203,6 +217,9 @@ impl OutlierDetector {
             if state.on_consecutive_error(&self.config, host, &monitor, kind, now) {
                 ejected = Some(kind);
             }
+        }
+        if ejected.is_some() {
+            self.bump_epoch();
         }
         ejected
     }
@@ -289,6 +306,9 @@ impl OutlierDetector {
             }
         }
         state.next_tick = now.checked_add(config.interval).unwrap_or(now);
+        if !summary.ejected.is_empty() || !summary.unejected.is_empty() {
+            self.bump_epoch();
+        }
         summary
     }
 

@@ -7,7 +7,7 @@
 //! arrived is not served (an older version of it, if any, keeps serving).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -48,7 +48,7 @@ pub struct Report {
 pub struct State {
     pub cfg: AdsConfig,
     clusters: BTreeMap<String, Arc<config::Cluster>>,
-    assignments: BTreeMap<String, Vec<config::Endpoint>>,
+    assignments: BTreeMap<String, config::Assignment>,
     listeners: BTreeMap<String, Arc<config::Listener>>,
     /// Listeners as last applied (routes resolved).
     active: BTreeMap<String, Arc<config::Listener>>,
@@ -91,6 +91,7 @@ impl State {
                     resources,
                     "envoy.config.cluster.v3.Cluster",
                     None,
+                    None,
                     translate::cluster,
                     &mut report,
                 );
@@ -119,13 +120,14 @@ impl State {
                     resources,
                     "envoy.config.endpoint.v3.ClusterLoadAssignment",
                     None,
+                    None,
                     translate::cluster_load_assignment,
                     &mut report,
                 );
                 // Not a complete set: assignments not named keep theirs.
                 for (name, result) in results {
-                    if let Some((_, endpoints)) = result {
-                        self.assignments.insert(name, endpoints);
+                    if let Some((_, assignment)) = result {
+                        self.assignments.insert(name, assignment);
                     }
                 }
                 let wanted = self.wanted(ENDPOINT_TYPE);
@@ -134,10 +136,12 @@ impl State {
             }
             LISTENER_TYPE => {
                 let known = self.cluster_names();
+                let balancers = self.balancers();
                 let results = translate_each(
                     resources,
                     "envoy.config.listener.v3.Listener",
                     Some(known),
+                    Some(&balancers),
                     translate::listener,
                     &mut report,
                 );
@@ -152,10 +156,12 @@ impl State {
                 self.apply_listeners(proxy, &mut report.errors);
             }
             ROUTE_TYPE => {
+                let balancers = self.balancers();
                 let results = translate_each(
                     resources,
                     "envoy.config.route.v3.RouteConfiguration",
                     None,
+                    Some(&balancers),
                     translate::route_configuration,
                     &mut report,
                 );
@@ -193,6 +199,16 @@ impl State {
             .collect()
     }
 
+    /// The balancer of every cluster known now, by name.
+    fn balancers(&self) -> HashMap<String, &'static str> {
+        self.cfg
+            .static_clusters
+            .iter()
+            .chain(self.clusters.values())
+            .map(|c| (c.name.clone(), c.lb.name()))
+            .collect()
+    }
+
     /// Static and dynamic clusters, EDS ones with their delivered endpoints.
     fn effective_clusters(&self) -> Vec<Arc<config::Cluster>> {
         self.cfg
@@ -202,7 +218,13 @@ impl State {
             .map(|c| match &c.eds {
                 Some(service) => {
                     let mut c = (**c).clone();
-                    c.endpoints = self.assignments.get(service).cloned().unwrap_or_default();
+                    match self.assignments.get(service) {
+                        Some(a) => {
+                            c.endpoints = a.endpoints.clone();
+                            c.overprovisioning_factor = a.overprovisioning_factor;
+                        }
+                        None => c.endpoints.clear(),
+                    }
                     Arc::new(c)
                 }
                 None => c.clone(),
@@ -289,6 +311,7 @@ fn translate_each<T>(
     resources: &[Any],
     message: &str,
     known_clusters: Option<HashSet<String>>,
+    balancers: Option<&HashMap<String, &'static str>>,
     translate: impl Fn(Msg<'_, '_>) -> Option<T>,
     report: &mut Report,
 ) -> Vec<(String, Option<T>)> {
@@ -335,6 +358,9 @@ fn translate_each<T>(
         let ctx = Ctx::new(&pool);
         if let Some(k) = &known_clusters {
             ctx.set_known_clusters(k.clone());
+        }
+        if let Some(b) = balancers {
+            ctx.set_balancers(b.clone());
         }
         let result = translate(Msg::new(msg, String::new(), &ctx));
         let (errs, _warnings) = ctx.into_result();

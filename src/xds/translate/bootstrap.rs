@@ -26,6 +26,7 @@ pub fn bootstrap(mut m: Msg<'_, '_>) -> Option<config::Bootstrap> {
                 clusters.push(Arc::new(c));
             }
         }
+        ctx.set_balancers(clusters.iter().map(|c| (c.name.clone(), c.lb.name())).collect());
         for l in sr.list("listeners") {
             if let Some(l) = listener::listener(l) {
                 listeners.push(Arc::new(l));

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{listener::socket_address, Msg};
-use crate::config::{self, Http2Settings, UpstreamProtocol};
+use crate::config::{self, HealthStatus, Http2Settings, UpstreamProtocol, DEFAULT_OVERPROVISIONING_FACTOR};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -31,10 +31,7 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
     if connect_timeout.is_zero() {
         m.field_error("connect_timeout", "must be greater than zero");
     }
-    let lb = m.enum_name("lb_policy");
-    if lb != "ROUND_ROBIN" {
-        m.field_error("lb_policy", format!("{lb} is not supported yet (only ROUND_ROBIN)"));
-    }
+    let (lb, panic_threshold) = super::lb::cluster_lb(&mut m);
 
     let mut protocol = UpstreamProtocol::Http1;
     let mut http2 = Http2Settings::default();
@@ -78,9 +75,12 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
         }
     }
 
-    let mut endpoints = Vec::new();
+    let mut assignment = config::Assignment {
+        endpoints: Vec::new(),
+        overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
+    };
     if let Some(la) = m.msg("load_assignment") {
-        endpoints = load_assignment(la);
+        assignment = load_assignment(la);
     }
     let mut eds = None;
     if let Some(mut ec) = m.msg("eds_cluster_config") {
@@ -140,10 +140,13 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
         protocol,
         http2,
         idle_timeout,
-        endpoints,
+        endpoints: assignment.endpoints,
         eds,
         circuit_breakers,
         outlier,
+        lb,
+        panic_threshold,
+        overprovisioning_factor: assignment.overprovisioning_factor,
     })
 }
 
@@ -158,16 +161,22 @@ fn common_options(m: &mut Msg<'_, '_>) -> Option<Duration> {
 }
 
 /// A `ClusterLoadAssignment` (inline `load_assignment` or an EDS resource):
-/// the endpoints that may receive traffic.
-pub fn load_assignment(mut la: Msg<'_, '_>) -> Vec<config::Endpoint> {
+/// every endpoint with its weight, health and priority, and the
+/// overprovisioning factor. Unhealthy endpoints are kept (they count in the
+/// cluster's membership and in panic mode) but get no traffic otherwise.
+pub fn load_assignment(mut la: Msg<'_, '_>) -> config::Assignment {
     let mut endpoints = Vec::new();
+    let mut overprovisioning_factor = DEFAULT_OVERPROVISIONING_FACTOR;
     la.ignore("cluster_name");
     la.ignore("named_endpoints");
     if let Some(mut policy) = la.msg("policy") {
-        policy.advisory(
-            "overprovisioning_factor",
-            "accepted without effect: remora has a single priority for now",
-        );
+        if let Some(f) = policy.wrapped_u32("overprovisioning_factor") {
+            if f == 0 {
+                policy.field_error("overprovisioning_factor", "must be greater than 0");
+            } else {
+                overprovisioning_factor = f;
+            }
+        }
         policy.ignore("weighted_priority_health");
         policy.advisory(
             "endpoint_stale_after",
@@ -180,39 +189,51 @@ pub fn load_assignment(mut la: Msg<'_, '_>) -> Vec<config::Endpoint> {
     for mut locality in la.list("endpoints") {
         locality.ignore("locality");
         locality.ignore("metadata");
-        if locality.u32("priority") != 0 {
-            locality.field_error("priority", "priorities are not supported yet");
-        }
-        locality.advisory(
-            "load_balancing_weight",
-            "accepted without effect: locality weighting is not implemented yet",
-        );
+        locality.ignore("proximity");
+        let priority = locality.u32("priority");
+        // Locality weights only matter with locality-weighted balancing,
+        // which a cluster cannot enable in remora yet (as Envoy, they are
+        // ignored without it).
+        locality.ignore("load_balancing_weight");
         for mut lb_ep in locality.list("lb_endpoints") {
-            let health = lb_ep.enum_name("health_status");
+            let health = match lb_ep.enum_name("health_status").as_str() {
+                "HEALTHY" => HealthStatus::Healthy,
+                "UNHEALTHY" => HealthStatus::Unhealthy,
+                "DRAINING" => HealthStatus::Draining,
+                "TIMEOUT" => HealthStatus::Timeout,
+                "DEGRADED" => HealthStatus::Degraded,
+                _ => HealthStatus::Unknown,
+            };
             lb_ep.ignore("metadata");
-            if let Some(w) = lb_ep.wrapped_u32("load_balancing_weight") {
-                if w == 0 {
+            let weight = match lb_ep.wrapped_u32("load_balancing_weight") {
+                Some(0) => {
                     lb_ep.field_error("load_balancing_weight", "must be at least 1");
-                } else if w != 1 {
-                    lb_ep.field_error("load_balancing_weight", "weighted endpoints are not supported yet");
+                    1
                 }
-            }
+                Some(w) => w,
+                None => 1,
+            };
             if let Some(mut ep) = lb_ep.msg("endpoint") {
                 ep.ignore("hostname");
                 ep.advisory(
                     "health_check_config",
                     "accepted without effect: no active health checks yet",
                 );
-                if let Some(addr) = ep.msg("address").and_then(socket_address) {
-                    // As Envoy: only HEALTHY and UNKNOWN endpoints receive traffic.
-                    if health == "HEALTHY" || health == "UNKNOWN" {
-                        endpoints.push(config::Endpoint { address: addr });
-                    }
+                if let Some(address) = ep.msg("address").and_then(socket_address) {
+                    endpoints.push(config::Endpoint {
+                        address,
+                        weight,
+                        health,
+                        priority,
+                    });
                 }
             } else {
                 lb_ep.error("lb_endpoints entry needs an endpoint");
             }
         }
     }
-    endpoints
+    config::Assignment {
+        endpoints,
+        overprovisioning_factor,
+    }
 }

@@ -19,6 +19,9 @@ mod access_log;
 mod bootstrap;
 mod cluster;
 mod filters;
+mod lb;
+#[cfg(test)]
+mod lb_tests;
 mod listener;
 mod policy;
 mod route;
@@ -75,7 +78,7 @@ pub fn route_configuration(m: Msg<'_, '_>) -> Option<crate::config::RouteConfig>
 }
 
 /// One xDS ClusterLoadAssignment resource: its name and endpoints.
-pub fn cluster_load_assignment(m: Msg<'_, '_>) -> Option<(String, Vec<crate::config::Endpoint>)> {
+pub fn cluster_load_assignment(m: Msg<'_, '_>) -> Option<(String, crate::config::Assignment)> {
     let name = m.peek_string("cluster_name").unwrap_or_default();
     Some((name, cluster::load_assignment(m)))
 }
@@ -164,6 +167,9 @@ pub struct Ctx<'p> {
     warnings: RefCell<Vec<String>>,
     /// When set, cluster names that routes and TCP proxies use must be in it.
     known_clusters: RefCell<Option<std::collections::HashSet<String>>>,
+    /// When set, the balancer (`lb_policy` name) of each cluster known now,
+    /// so that a route's `hash_policy` can be checked against its clusters.
+    balancers: RefCell<Option<std::collections::HashMap<String, &'static str>>>,
 }
 
 impl<'p> Ctx<'p> {
@@ -173,6 +179,33 @@ impl<'p> Ctx<'p> {
             errors: RefCell::default(),
             warnings: RefCell::default(),
             known_clusters: RefCell::default(),
+            balancers: RefCell::default(),
+        }
+    }
+    pub fn set_balancers(&self, balancers: std::collections::HashMap<String, &'static str>) {
+        *self.balancers.borrow_mut() = Some(balancers);
+    }
+    /// A route's `hash_policy` only takes effect on RING_HASH and MAGLEV
+    /// clusters: when every target cluster is known and none of them hashes,
+    /// the policy is a mistake (Envoy silently ignores it).
+    pub fn check_hash_targets<'n>(&self, path: &str, targets: impl IntoIterator<Item = &'n str>) {
+        let balancers = self.balancers.borrow();
+        let Some(known) = &*balancers else { return };
+        let mut named = Vec::new();
+        for t in targets {
+            match known.get(t) {
+                Some(&"RING_HASH" | &"MAGLEV") | None => return,
+                Some(lb) => named.push(format!("'{t}' uses {lb}")),
+            }
+        }
+        if !named.is_empty() {
+            self.error(
+                path,
+                format!(
+                    "has no effect: only RING_HASH and MAGLEV clusters hash requests, and cluster {}",
+                    named.join(", cluster ")
+                ),
+            );
         }
     }
     pub fn set_known_clusters(&self, names: std::collections::HashSet<String>) {

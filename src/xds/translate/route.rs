@@ -356,6 +356,14 @@ fn route_action(mut m: Msg<'_, '_>, inherited: &Inherited) -> Option<ForwardActi
     let grpc_timeout_offset = m.duration_ms("grpc_timeout_offset");
     let idle_timeout = m.duration_ms("idle_timeout");
     let mirrors = mirror_policies(&mut m);
+    let hash_policy = super::lb::hash_policies(&mut m);
+    if !hash_policy.is_empty() {
+        let names: Vec<&str> = match &target {
+            ClusterTarget::Single(n) => vec![n.as_str()],
+            ClusterTarget::Weighted(w) => w.clusters.iter().map(|c| c.name.as_str()).collect(),
+        };
+        ctx.check_hash_targets(&m.field_path("hash_policy"), names);
+    }
     Some(ForwardAction {
         target,
         prefix_rewrite,
@@ -372,6 +380,7 @@ fn route_action(mut m: Msg<'_, '_>, inherited: &Inherited) -> Option<ForwardActi
         } else {
             mirrors
         },
+        hash_policy,
     })
 }
 

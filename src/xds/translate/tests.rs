@@ -137,11 +137,6 @@ fn bad_input_names_the_field_path() {
             format!("{CLUSTER0}.circuit_breakers.thresholds[0]: retry_budget.budget_percent must be between 0 and 100"),
         ),
         (
-            "unknown lb policy",
-            bootstrap("route: { cluster: c }", "\n    lb_policy: MAGLEV", ""),
-            format!("{CLUSTER0}.lb_policy: MAGLEV is not supported yet (only ROUND_ROBIN)"),
-        ),
-        (
             "dns cluster",
             bootstrap("route: { cluster: c }", "\n    type: STRICT_DNS", ""),
             format!("{CLUSTER0}.type: cluster type STRICT_DNS is not supported yet"),
