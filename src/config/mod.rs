@@ -10,9 +10,11 @@ use regex::Regex;
 use serde::Serialize;
 
 pub mod filters;
+pub mod mirror;
 pub mod route;
 
 pub use filters::HttpFilter;
+pub use mirror::{MirrorHost, MirrorPolicy, MirrorTarget};
 pub use route::*;
 
 pub use crate::{
@@ -126,6 +128,11 @@ pub struct HttpConnectionManager {
     pub http2: Http2Settings,
     /// `max_request_headers_kb` (default 60): larger request heads get 431.
     pub max_request_headers_kb: u32,
+    /// `stream_idle_timeout`: Envoy's default 5 min; `None` when set to 0 (disabled).
+    /// A route's `idle_timeout` replaces it.
+    pub stream_idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_stream_duration` (`None`: unset or 0).
+    pub max_stream_duration: Option<Duration>,
     pub access_logs: Vec<AccessLog>,
     /// The HTTP filters before the router, in the configured order.
     pub filters: Vec<HttpFilter>,

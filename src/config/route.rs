@@ -8,6 +8,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use super::{ser_name, ser_regex, ClusterTarget, DirectResponse, HeaderOps, HttpFilter};
+use crate::policy::grpc_timeout::{MaxStreamDuration, RouteTimeouts};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteConfig {
@@ -134,6 +135,10 @@ impl StringMatch {
     }
 }
 
+// Routes are built once per config and only borrowed per request; a box
+// would save memory on direct-response routes at the cost of a pointer chase
+// on every forwarded request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize)]
 pub enum RouteAction {
     Forward(ForwardAction),
@@ -152,9 +157,34 @@ pub struct ForwardAction {
     /// `retry_policy` of the route, else of its virtual host.
     #[serde(serialize_with = "super::ser_debug")]
     pub retry: Option<std::sync::Arc<super::RetryPolicy>>,
+    /// `max_stream_duration`: setting it switches the route to Envoy's "new
+    /// timeouts" (`timeout` and `max_grpc_timeout` no longer apply).
+    #[serde(serialize_with = "super::ser_debug")]
+    pub max_stream_duration: Option<MaxStreamDuration>,
+    /// The deprecated `max_grpc_timeout` and `grpc_timeout_offset`.
+    pub max_grpc_timeout: Option<Duration>,
+    pub grpc_timeout_offset: Option<Duration>,
+    /// `idle_timeout`: replaces the connection manager's `stream_idle_timeout`
+    /// for this route; `Some(0)` disables it.
+    pub idle_timeout: Option<Duration>,
+    /// `request_mirror_policies` of the route, else of its virtual host, else of
+    /// the route configuration (the most specific non-empty list, as Envoy).
+    pub mirrors: Vec<super::MirrorPolicy>,
     /// `hash_policy`: what ring hash and maglev clusters hash a request by.
     #[serde(serialize_with = "super::ser_debug")]
     pub hash_policy: Vec<super::HashPolicy>,
+}
+
+impl ForwardAction {
+    /// The timeout fields `policy::grpc_timeout` derives a request's deadlines from.
+    pub fn timeouts(&self) -> RouteTimeouts {
+        RouteTimeouts {
+            timeout: self.timeout,
+            max_stream_duration: self.max_stream_duration,
+            max_grpc_timeout: self.max_grpc_timeout,
+            grpc_timeout_offset: self.grpc_timeout_offset,
+        }
+    }
 }
 
 fn ser_status_code<S: serde::Serializer>(v: &StatusCode, s: S) -> Result<S::Ok, S::Error> {

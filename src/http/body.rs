@@ -3,7 +3,8 @@
 //!
 //! An upstream body gives its connection back to the pool when it reaches
 //! its end, and keeps enforcing the route timeout while it streams (Envoy's
-//! route timeout covers the whole response, not just its headers).
+//! route timeout covers the whole response, not just its headers), and the
+//! stream's max duration and idle timeout (each frame is activity).
 
 use std::{
     pin::Pin,
@@ -16,7 +17,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::{client::Release, upstream::Held};
+use super::{
+    client::Release,
+    stream_timers::{StreamReset, StreamTimers},
+    upstream::Held,
+};
 use crate::telemetry::stats::ClusterStats;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,6 +37,8 @@ pub struct UpstreamBody {
     deadline: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
     stats: Arc<ClusterStats>,
+    timers: Option<StreamTimers>,
+    timers_sleep: Option<Pin<Box<Sleep>>>,
     /// The request's slot of the cluster's `max_requests` and its place in
     /// the endpoint's active requests, held until the response has been
     /// streamed (Envoy counts a request active until then).
@@ -54,6 +61,7 @@ impl ProxyBody {
         deadline: Option<Instant>,
         stats: Arc<ClusterStats>,
         held: Held,
+        timers: Option<StreamTimers>,
     ) -> ProxyBody {
         let mut body = UpstreamBody {
             inner,
@@ -61,6 +69,8 @@ impl ProxyBody {
             deadline,
             sleep: None,
             stats,
+            timers,
+            timers_sleep: None,
             _held: held,
         };
         if body.inner.is_end_stream() {
@@ -116,6 +126,9 @@ impl UpstreamBody {
                 if let Some(d) = frame.data_ref() {
                     self.stats.upstream_cx_rx_bytes_total.add(d.len() as u64);
                 }
+                if let Some(t) = &self.timers {
+                    t.touch();
+                }
                 if self.inner.is_end_stream() {
                     self.finish();
                 }
@@ -132,6 +145,13 @@ impl UpstreamBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
+                if let Some(t) = &self.timers {
+                    if let Poll::Ready(expired) = t.poll_expired(&mut self.timers_sleep, cx) {
+                        // The response has started: Envoy resets the stream.
+                        self.release = None;
+                        return Poll::Ready(Some(Err(Box::new(StreamReset(expired)))));
+                    }
+                }
                 let Some(deadline) = self.deadline else {
                     return Poll::Pending;
                 };

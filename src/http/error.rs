@@ -55,6 +55,15 @@ pub enum ProxyError {
     /// grpc-status RESOURCE_EXHAUSTED when `rate_limited_as_resource_exhausted`.
     #[error("local rate limited")]
     RateLimited { status: StatusCode, grpc: Option<u32> },
+    /// The stream's max duration passed (the route's `max_stream_duration` or
+    /// `grpc-timeout`, else the connection manager's): 504 once the request was
+    /// complete, else 408; gRPC DEADLINE_EXCEEDED; Envoy sets no response flag.
+    #[error("max stream duration reached")]
+    MaxStreamDuration { request_complete: bool },
+    /// No request or response frame for the stream idle timeout (the route's
+    /// `idle_timeout`, else `stream_idle_timeout`): 504/408 as above, flag SI.
+    #[error("stream idle timeout")]
+    StreamIdleTimeout { request_complete: bool },
 }
 
 /// Which side of the proxy a failure belongs to.
@@ -99,6 +108,14 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::Http10NotAllowed => StatusCode::UPGRADE_REQUIRED,
+            // Envoy's maybeRequestTimeoutCode: 408 while the request is still arriving.
+            ProxyError::MaxStreamDuration { request_complete } | ProxyError::StreamIdleTimeout { request_complete } => {
+                if *request_complete {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::REQUEST_TIMEOUT
+                }
+            }
             ProxyError::FaultAbort { status, .. } | ProxyError::RateLimited { status, .. } => *status,
             // Envoy answers 503 for every failure before upstream headers,
             // protocol errors included (flag UPE).
@@ -124,6 +141,8 @@ impl ProxyError {
             | ProxyError::Http10NotAllowed => "DPE",
             ProxyError::FaultAbort { .. } => "FI",
             ProxyError::RateLimited { .. } => "RL",
+            ProxyError::MaxStreamDuration { .. } => "",
+            ProxyError::StreamIdleTimeout { .. } => "SI",
         }
     }
 
@@ -146,6 +165,8 @@ impl ProxyError {
             ProxyError::Http10NotAllowed => "low_version",
             ProxyError::FaultAbort { .. } => "fault_filter_abort",
             ProxyError::RateLimited { .. } => "local_rate_limited",
+            ProxyError::MaxStreamDuration { .. } => "max_duration_timeout",
+            ProxyError::StreamIdleTimeout { .. } => "stream_idle_timeout",
         }
     }
 
@@ -177,19 +198,27 @@ impl ProxyError {
             ProxyError::Http10NotAllowed => "Upgrade Required".into(),
             ProxyError::FaultAbort { .. } => crate::policy::fault::FAULT_ABORT_BODY.into(),
             ProxyError::RateLimited { .. } => crate::policy::local_ratelimit::LOCAL_RATE_LIMITED_BODY.into(),
+            ProxyError::MaxStreamDuration { .. } => "downstream duration timeout".into(),
+            ProxyError::StreamIdleTimeout { .. } => "stream timeout".into(),
         }
     }
 
     /// Whether the downstream HTTP/1 connection closes after this reply.
     pub fn closes_connection(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::DownstreamProtocol(_)
-                | ProxyError::Codec(_)
-                | ProxyError::BadRequest(_)
-                | ProxyError::Http10NotAllowed
-                | ProxyError::UpgradeNotAllowed(_)
-        )
+        match self {
+            // A reply before the request is complete ends an HTTP/1 connection, as in Envoy.
+            ProxyError::MaxStreamDuration { request_complete } | ProxyError::StreamIdleTimeout { request_complete } => {
+                !request_complete
+            }
+            _ => matches!(
+                self,
+                ProxyError::DownstreamProtocol(_)
+                    | ProxyError::Codec(_)
+                    | ProxyError::BadRequest(_)
+                    | ProxyError::Http10NotAllowed
+                    | ProxyError::UpgradeNotAllowed(_)
+            ),
+        }
     }
 
     /// The gRPC status a gRPC client gets for this failure: the one the filter chose, else
@@ -197,6 +226,9 @@ impl ProxyError {
     pub fn grpc_status(&self) -> u32 {
         if let ProxyError::FaultAbort { grpc: Some(g), .. } | ProxyError::RateLimited { grpc: Some(g), .. } = self {
             return *g;
+        }
+        if let ProxyError::MaxStreamDuration { .. } = self {
+            return 4; // DEADLINE_EXCEEDED
         }
         match self.status().as_u16() {
             400 => 13,

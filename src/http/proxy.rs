@@ -1,13 +1,10 @@
 //! One HTTP request through the proxy, top to bottom: sanitize headers,
-//! match a route, answer directly or pick a cluster and endpoint, forward,
-//! and send the response back with the route's header mutations. Failures
-//! become local replies classified in `error.rs`.
+//! match a route, arm the stream's timers (`stream_timers.rs`), answer
+//! directly or pick a cluster and endpoint, start the route's mirrors
+//! (`mirror.rs`), forward, and send the response back with the route's header
+//! mutations. Failures become local replies classified in `error.rs`.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Instant as StdInstant,
-};
+use std::{net::SocketAddr, sync::Arc, time::Instant as StdInstant};
 
 use arc_swap::ArcSwap;
 use http::{
@@ -25,9 +22,12 @@ use super::{
     error::{local_reply, ProxyError},
     filters::{with_delay_flag, Applied, HttpFilters},
     headers::{apply_request_ops, apply_response_ops, sanitize, strip_hop_by_hop, upgrade_type, Sanitize},
+    mirror::{self, Mirroring},
     request::{append_xff, new_request_id, request_host, validate, LoggedRequest},
-    request_body::RequestBody,
+    request_body::{Downstream, RequestBody},
     route::{is_grpc, RouteHit, RouteTable},
+    stream_timers::StreamTimers,
+    timeouts,
     upstream::{self, Forwarded, Held},
 };
 use crate::{
@@ -36,6 +36,7 @@ use crate::{
         ClusterTarget, ForwardAction, HeaderOps, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
         UpstreamProtocol, VirtualHost, WeightedCluster,
     },
+    policy::{grpc_timeout::Deadlines, retry_state::DEFAULT_REPLAY_LIMIT},
     telemetry::{
         access_log::{Entry, Format, Sink},
         stats::{ActiveGuard, HttpStats},
@@ -45,7 +46,6 @@ use crate::{
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
-static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
@@ -82,6 +82,17 @@ struct RouteRef<'a> {
     vh: &'a VirtualHost,
     route: &'a Route,
     weighted: Option<&'a HeaderOps>,
+}
+
+/// A request's matched route and what was decided with it, for the part of the
+/// request the stream's timers cover.
+struct Matched<'a> {
+    at: RouteRef<'a>,
+    index: (usize, usize),
+    picked: Option<(&'a str, Option<&'a WeightedCluster>)>,
+    deadlines: Deadlines,
+    timers: Option<StreamTimers>,
+    conn: ConnInfo,
 }
 
 fn fail(error: ProxyError, at: RouteRef<'_>) -> Failure<'_> {
@@ -137,6 +148,7 @@ impl HttpProxy {
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = StdInstant::now();
+        let stream_start = Instant::now();
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         let _active = ActiveGuard::new(&stats.downstream_rq_active);
@@ -160,7 +172,7 @@ impl HttpProxy {
         };
         let request_id = self.prepare_request(&mut req, conn);
         let result = match validate(&req) {
-            Ok(()) => self.route_and_forward(req, conn.remote.ip(), &mut outcome).await,
+            Ok(()) => self.route_and_forward(req, &mut outcome, conn, stream_start).await,
             Err(e) => Err(e.into()),
         };
         let mut resp = match result {
@@ -230,8 +242,9 @@ impl HttpProxy {
     async fn route_and_forward(
         &self,
         mut req: Request<Incoming>,
-        source: IpAddr,
         outcome: &mut Outcome,
+        conn: ConnInfo,
+        stream_start: Instant,
     ) -> Result<Response<ProxyBody>, Failure<'_>> {
         // Route on borrowed host and path: the matched route borrows the
         // config, not the request, so nothing is copied per request.
@@ -265,6 +278,47 @@ impl HttpProxy {
             RouteAction::Direct(_) => None,
         };
         at.weighted = picked.and_then(|(_, w)| w).map(|w| &w.headers);
+        // Envoy arms the stream's max-duration and idle timers once the route is
+        // resolved, before the filters run; they cover everything from here on.
+        let (deadlines, idle) = timeouts::route_limits(&self.hcm, route, req.headers());
+        let timers = StreamTimers::new(stream_start, deadlines.stream, idle, self.stats.clone());
+        if let (Some(t), true) = (&timers, req.body().is_end_stream()) {
+            t.complete_request();
+        }
+        let matched = Matched {
+            at,
+            index,
+            picked,
+            deadlines,
+            timers: timers.clone(),
+            conn,
+        };
+        let Some(timers) = timers else {
+            return self.forward_matched(req, outcome, matched).await;
+        };
+        match timers.guard(self.forward_matched(req, outcome, matched)).await {
+            Ok(result) => result,
+            Err(expired) => Err(fail(expired.error(timers.request_complete()), at)),
+        }
+    }
+
+    /// The request on its matched route, under the stream's timers: the
+    /// filters, then a direct response or the upstream.
+    async fn forward_matched<'a>(
+        &'a self,
+        mut req: Request<Incoming>,
+        outcome: &mut Outcome,
+        matched: Matched<'a>,
+    ) -> Result<Response<ProxyBody>, Failure<'a>> {
+        let Matched {
+            at,
+            index,
+            picked,
+            deadlines,
+            timers,
+            conn,
+        } = matched;
+        let RouteRef { vh, route, .. } = at;
         // Route match -> fault injection -> rate limit, in the configured order.
         if !self.filters.is_empty() {
             let cluster = picked.map(|(name, _)| name);
@@ -329,14 +383,10 @@ impl HttpProxy {
         let upstream_h2 = upgrade.is_none() && cluster.config.protocol == UpstreamProtocol::Http2;
         self.rewrite(&mut req, route, action, upgrade.is_some(), upstream_h2)
             .map_err(|e| fail(e, at))?;
-        if !self.hcm.suppress_envoy_headers {
-            if let Some(t) = action.timeout {
-                req.headers_mut()
-                    .insert(&X_ENVOY_EXPECTED_TIMEOUT, HeaderValue::from(t.as_millis() as u64));
-            }
-        }
+        timeouts::set_headers(req.headers_mut(), action, &deadlines, self.hcm.suppress_envoy_headers);
 
-        let deadline = action.timeout.map(|t| Instant::now() + t);
+        let route_timeout = deadlines.route;
+        let deadline = route_timeout.and_then(|t| Instant::now().checked_add(t));
         let upstream_started = StdInstant::now();
         let cstats = &cluster.stats;
         let result = if upgrade.is_some() {
@@ -357,7 +407,7 @@ impl HttpProxy {
                 request_slot: slot,
                 host_active: HostActive::new(&endpoint.stats),
             };
-            let sent = endpoint.send_upgrade(req.map(RequestBody::Stream));
+            let sent = endpoint.send_upgrade(req.map(|body| RequestBody::Stream(Downstream::plain(body))));
             upstream::with_deadline(deadline, sent).await.map(|resp| {
                 (
                     Forwarded {
@@ -372,15 +422,35 @@ impl HttpProxy {
         } else {
             // Only the consistent-hash balancers read the request hash.
             let hash = if cluster.config.lb.needs_hash() && !action.hash_policy.is_empty() {
+                let source = conn.remote.ip();
                 request_hash(&action.hash_policy, req.headers(), req.uri().query(), Some(source))
             } else {
                 None
             };
+            // Mirrors get the request as it goes upstream, and its body as it is
+            // read; Envoy starts none when the primary has no host to go to.
+            let policies = if cluster.endpoints.is_empty() {
+                &[][..]
+            } else {
+                &action.mirrors[..]
+            };
+            let mirrors = mirror::start(
+                policies,
+                &req,
+                &Mirroring {
+                    clusters: &self.clusters.load(),
+                    timeout: route_timeout,
+                    local: conn.local,
+                    primary: &cluster.stats,
+                    limit: DEFAULT_REPLAY_LIMIT,
+                },
+            );
+            let req = req.map(|body| RequestBody::Stream(Downstream::new(body, timers.clone(), mirrors)));
             let sent = upstream::forward(
                 &cluster,
                 req,
                 action.retry.as_deref(),
-                action.timeout,
+                route_timeout,
                 hash,
                 &mut outcome.upstream,
             );
@@ -420,7 +490,7 @@ impl HttpProxy {
         let body = if upgraded {
             ProxyBody::empty()
         } else {
-            ProxyBody::upstream(body, release, deadline, cluster.stats.clone(), held)
+            ProxyBody::upstream(body, release, deadline, cluster.stats.clone(), held, timers)
         };
         let mut resp = Response::from_parts(parts, body);
         self.route_response_ops(&mut resp, vh, route, weighted.map(|w| &w.headers));

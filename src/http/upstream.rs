@@ -48,7 +48,7 @@ pub struct Held {
 /// (the last one is what the access log shows).
 pub async fn forward(
     cluster: &ClusterRuntime,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     retry: Option<&RetryPolicy>,
     route_timeout: Option<Duration>,
     hash: Option<u64>,
@@ -65,7 +65,6 @@ pub async fn forward(
 
     let Some(policy) = retry else {
         // No retry policy: one attempt, the body streamed through.
-        let req = req.map(RequestBody::Stream);
         let (endpoint, result) = attempt(cluster, req, None, hash, |_| true, upstream).await;
         let (endpoint, host_active) = endpoint?;
         let (resp, release) = result?;
@@ -82,12 +81,11 @@ pub async fn forward(
 
     let mut state = RetryState::new(policy, &req, deadline);
     let (parts, body) = req.into_parts();
-    let body = if state.buffers_body() {
-        buffer_for_replay(body, DEFAULT_REPLAY_LIMIT)
+    let body = match body {
+        RequestBody::Stream(body) if state.buffers_body() => buffer_for_replay(body, DEFAULT_REPLAY_LIMIT)
             .await
-            .map_err(|e| ProxyError::DownstreamProtocol(if e.is_timeout() { "timeout" } else { "request body" }))?
-    } else {
-        RequestBody::Stream(body)
+            .map_err(|e| ProxyError::DownstreamProtocol(if e.is_timeout() { "timeout" } else { "request body" }))?,
+        body => body,
     };
     let replayable = matches!(body, RequestBody::Replay(..));
     if !replayable && state.buffers_body() {

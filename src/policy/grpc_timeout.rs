@@ -115,6 +115,10 @@ pub struct Deadlines {
     /// Rewrite the upstream request's `grpc-timeout` to this (`encode` it);
     /// `None` leaves the header as it came.
     pub grpc_timeout_header: Option<Duration>,
+    /// Remove the request's `grpc-timeout`: Envoy does when the route's
+    /// `max_stream_duration: 0` disables the connection manager's timer for a
+    /// gRPC request (`refreshDurationTimeout`).
+    pub strip_grpc_timeout_header: bool,
 }
 
 /// The deadlines Envoy sets for a request on `route`. `hcm_max_stream_duration`
@@ -134,6 +138,7 @@ pub fn deadlines(route: &RouteTimeouts, hcm_max_stream_duration: Option<Duration
             route: route_timeout,
             stream: nonzero(hcm_max_stream_duration),
             grpc_timeout_header: None,
+            strip_grpc_timeout_header: false,
         };
     };
     // New timeouts: the router has no global timeout of its own.
@@ -156,6 +161,7 @@ pub fn deadlines(route: &RouteTimeouts, hcm_max_stream_duration: Option<Duration
         route: None,
         stream,
         grpc_timeout_header: stream.filter(|_| request.is_grpc),
+        strip_grpc_timeout_header: request.is_grpc && stream.is_none() && nonzero(hcm_max_stream_duration).is_some(),
     }
 }
 
@@ -328,7 +334,8 @@ mod tests {
             Deadlines {
                 route: Some(s(15)),
                 stream: Some(s(60)),
-                grpc_timeout_header: None
+                grpc_timeout_header: None,
+                strip_grpc_timeout_header: false,
             }
         );
         let disabled = RouteTimeouts {
@@ -388,7 +395,8 @@ mod tests {
             Deadlines {
                 route: None,
                 stream: Some(s(3)),
-                grpc_timeout_header: Some(s(3))
+                grpc_timeout_header: Some(s(3)),
+                strip_grpc_timeout_header: false,
             }
         );
         assert_eq!(deadlines(&route, None, grpc(Some(s(60)))).stream, Some(s(10)));
@@ -427,7 +435,8 @@ mod tests {
             Deadlines {
                 route: None,
                 stream: Some(s(3)),
-                grpc_timeout_header: None
+                grpc_timeout_header: None,
+                strip_grpc_timeout_header: false,
             }
         );
     }
@@ -453,7 +462,8 @@ mod tests {
             Deadlines {
                 route: None,
                 stream: Some(s(30)),
-                grpc_timeout_header: Some(s(30))
+                grpc_timeout_header: Some(s(30)),
+                strip_grpc_timeout_header: false,
             }
         );
         let no_header_max = RouteTimeouts {
@@ -471,7 +481,15 @@ mod tests {
             }),
             ..route
         };
-        assert_eq!(deadlines(&zero, Some(s(99)), grpc(None)), Deadlines::default());
+        assert_eq!(
+            deadlines(&zero, Some(s(99)), grpc(None)),
+            Deadlines {
+                strip_grpc_timeout_header: true,
+                ..Deadlines::default()
+            },
+            "max_stream_duration 0 turns the connection manager's timer off, and grpc-timeout goes"
+        );
+        assert_eq!(deadlines(&zero, None, grpc(None)), Deadlines::default());
         let unset = RouteTimeouts {
             max_stream_duration: Some(MaxStreamDuration::default()),
             ..route

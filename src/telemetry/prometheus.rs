@@ -172,6 +172,22 @@ impl Registry {
             prefix,
             |s| s.downstream_rq_timeout.get()
         );
+        family!(
+            http,
+            "envoy_http_downstream_rq_idle_timeout",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_rq_idle_timeout.get()
+        );
+        family!(
+            http,
+            "envoy_http_downstream_rq_max_duration_reached",
+            "counter",
+            "envoy_http_conn_manager_prefix",
+            prefix,
+            |s| s.downstream_rq_max_duration_reached.get()
+        );
 
         family!(
             listeners,

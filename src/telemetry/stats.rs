@@ -85,6 +85,10 @@ pub struct HttpStats {
     pub no_cluster: Counter,
     pub rq_direct_response: Counter,
     pub downstream_rq_timeout: Counter,
+    /// Streams ended by the stream idle timeout.
+    pub downstream_rq_idle_timeout: Counter,
+    /// Streams ended by their max duration.
+    pub downstream_rq_max_duration_reached: Counter,
 }
 
 impl HttpStats {

@@ -138,7 +138,7 @@ fn fault_abort(mut m: Msg<'_, '_>) -> Option<FaultAbort> {
 }
 
 /// `type.v3.FractionalPercent`.
-fn fractional_percent(mut m: Msg<'_, '_>) -> FractionalPercent {
+pub(super) fn fractional_percent(mut m: Msg<'_, '_>) -> FractionalPercent {
     let numerator = m.u32("numerator");
     match m.enum_name("denominator").as_str() {
         "TEN_THOUSAND" => FractionalPercent::ten_thousand(numerator),

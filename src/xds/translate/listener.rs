@@ -1,7 +1,7 @@
 //! `envoy.config.listener.v3.Listener` with its network filters
 //! (`http_connection_manager`, `tcp_proxy`) -> `config::Listener`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use super::{access_log::access_logs, filters, route, tcp::tcp_proxy, Msg};
 use crate::config::{self, Codec, Http2Settings, ServerHeader, StripPort};
@@ -391,12 +391,12 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
     if let Some(h1) = m.msg("http_protocol_options") {
         http1_options(h1);
     }
-    if m.duration("stream_idle_timeout").is_some_and(|d| !d.is_zero()) {
-        m.field_error(
-            "stream_idle_timeout",
-            "stream idle timeouts are not enforced yet; set 0s to disable",
-        );
-    }
+    // Envoy's default stream idle timeout is 5 minutes; 0 disables it.
+    let stream_idle_timeout = match m.duration_ms("stream_idle_timeout") {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(Duration::from_secs(300)),
+    };
     if m.duration("request_timeout").is_some_and(|d| !d.is_zero()) {
         m.field_error("request_timeout", "request timeouts are not supported yet");
     }
@@ -431,6 +431,7 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
     m.ignore("drain_timeout");
     m.ignore("delayed_close_timeout");
     m.ignore("stream_error_on_invalid_http_message");
+    let mut max_stream_duration = None;
     if let Some(mut common) = m.msg("common_http_protocol_options") {
         if common.duration("idle_timeout").is_some_and(|d| !d.is_zero()) {
             common.field_error(
@@ -439,6 +440,7 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
             );
         }
         common.ignore("max_headers_count");
+        max_stream_duration = common.duration_ms("max_stream_duration").filter(|d| !d.is_zero());
     }
 
     let route_config = route_config?;
@@ -463,6 +465,8 @@ fn http_connection_manager(mut m: Msg<'_, '_>) -> Option<config::HttpConnectionM
         suppress_envoy_headers,
         http2,
         max_request_headers_kb,
+        stream_idle_timeout,
+        max_stream_duration,
         access_logs,
         filters: http_filters,
     })

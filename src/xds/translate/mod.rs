@@ -476,6 +476,13 @@ impl<'c, 'p> Msg<'c, 'p> {
         }
     }
 
+    /// A `google.protobuf.Duration` field as Envoy keeps most timeouts
+    /// (`PROTOBUF_GET_MS_*`): whole milliseconds, the rest truncated.
+    pub fn duration_ms(&mut self, name: &str) -> Option<Duration> {
+        self.duration(name)
+            .map(|d| Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
+
     /// A `google.protobuf.Any` field, unpacked: the message name and the message.
     pub fn any(&mut self, name: &str) -> Option<(String, Msg<'c, 'p>)> {
         self.msg(name)?.unpack()

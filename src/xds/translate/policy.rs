@@ -1,13 +1,21 @@
 //! Traffic-policy fields -> `policy` configs: cluster `circuit_breakers` and
-//! `outlier_detection`, route `retry_policy`. Defaults are Envoy's; what a
-//! state machine's `validate` refuses is reported at the field.
+//! `outlier_detection`, route `retry_policy`, `max_stream_duration` and
+//! `request_mirror_policies`. Defaults are Envoy's; what a state machine's
+//! `validate` refuses is reported at the field.
 
-use super::Msg;
-use crate::policy::{
-    circuit_breaker::{CircuitBreakers, RetryBudget, Thresholds},
-    outlier::OutlierConfig,
-    retry::{Backoff, HeaderMatcher, RetryPolicy},
-    retry_on,
+use http::{HeaderName, HeaderValue};
+
+use super::{filters::fractional_percent, Msg};
+use crate::{
+    config::{MirrorHost, MirrorPolicy, MirrorTarget},
+    policy::{
+        circuit_breaker::{CircuitBreakers, RetryBudget, Thresholds},
+        fault::FractionalPercent,
+        grpc_timeout::MaxStreamDuration,
+        outlier::OutlierConfig,
+        retry::{Backoff, HeaderMatcher, RetryPolicy},
+        retry_on,
+    },
 };
 
 const PREVIOUS_HOSTS: &str = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
@@ -216,3 +224,72 @@ fn header_matchers(m: &mut Msg<'_, '_>, field: &str) -> Vec<HeaderMatcher> {
     }
     out
 }
+
+/// `RouteAction.max_stream_duration`. Envoy keeps the three durations in whole
+/// milliseconds; a set `grpc_timeout_header_max` of 0 means "honour
+/// `grpc-timeout` without a cap", unset means "ignore the header".
+pub fn max_stream_duration(mut m: Msg<'_, '_>) -> MaxStreamDuration {
+    MaxStreamDuration {
+        max: m.duration_ms("max_stream_duration"),
+        grpc_timeout_header_max: m.duration_ms("grpc_timeout_header_max"),
+        grpc_timeout_header_offset: m.duration_ms("grpc_timeout_header_offset"),
+    }
+}
+
+/// One `RouteAction.RequestMirrorPolicy`.
+pub fn mirror_policy(mut m: Msg<'_, '_>) -> Option<MirrorPolicy> {
+    let cluster = m.string("cluster");
+    let header = m.string("cluster_header");
+    let target = match (cluster.is_empty(), header.is_empty()) {
+        (false, true) => {
+            m.ctx().check_cluster_ref(&m.field_path("cluster"), &cluster);
+            MirrorTarget::Cluster(cluster)
+        }
+        (true, false) => match HeaderName::from_bytes(header.to_ascii_lowercase().as_bytes()) {
+            Ok(name) => MirrorTarget::Header(name),
+            Err(_) => {
+                m.field_error("cluster_header", format!("'{header}' is not a valid header name"));
+                return None;
+            }
+        },
+        (false, false) => {
+            m.error("only one of cluster and cluster_header can be set");
+            return None;
+        }
+        (true, true) => {
+            m.error("a mirror policy needs cluster or cluster_header");
+            return None;
+        }
+    };
+    // No runtime to look the key up in: the default value is the fraction (100% when unset).
+    let fraction = match m.msg("runtime_fraction") {
+        Some(mut rf) => {
+            rf.ignore("runtime_key");
+            rf.msg("default_value").map(fractional_percent).unwrap_or_default()
+        }
+        None => FractionalPercent::hundred(100),
+    };
+    m.advisory("trace_sampled", "accepted without effect: remora does not trace yet");
+    let no_suffix = m.bool("disable_shadow_host_suffix_append");
+    let rewrite = m.string("host_rewrite_literal");
+    let host = if !rewrite.is_empty() {
+        if HeaderValue::from_str(&rewrite).is_err() {
+            m.field_error("host_rewrite_literal", format!("'{rewrite}' is not a valid host"));
+            return None;
+        }
+        MirrorHost::Rewrite(rewrite)
+    } else if no_suffix {
+        MirrorHost::Unchanged
+    } else {
+        MirrorHost::ShadowSuffix
+    };
+    if !m.list("request_headers_mutations").is_empty() {
+        m.field_error("request_headers_mutations", "is not supported yet");
+        return None;
+    }
+    Some(MirrorPolicy { target, fraction, host })
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

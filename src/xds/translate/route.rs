@@ -1,6 +1,6 @@
 //! `envoy.config.route.v3.RouteConfiguration` -> `config::RouteConfig`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -9,13 +9,17 @@ use regex::Regex;
 use super::{filters::per_filter_configs, Msg};
 use crate::config::{
     self, AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderAdd, HeaderMatcher, HeaderOps, HeaderRule,
-    PathMatch, RouteAction, StringMatch, StringMatchKind,
+    MirrorPolicy, PathMatch, RetryPolicy, RouteAction, StringMatch, StringMatchKind,
 };
 
 pub fn route_config(mut m: Msg<'_, '_>) -> Option<config::RouteConfig> {
     let name = m.string("name");
     let headers = header_ops(&mut m);
     let ignore_port_in_host_matching = m.bool("ignore_port_in_host_matching");
+    let inherited = Inherited {
+        retry: None,
+        mirrors: mirror_policies(&mut m),
+    };
     m.ignore("validate_clusters");
     m.ignore("max_direct_response_body_size_bytes");
     if m.has("vhds") {
@@ -25,7 +29,7 @@ pub fn route_config(mut m: Msg<'_, '_>) -> Option<config::RouteConfig> {
     let mut seen = std::collections::HashMap::new();
     for vh in m.list("virtual_hosts") {
         let path = vh.path.clone();
-        if let Some(vh) = virtual_host(vh) {
+        if let Some(vh) = virtual_host(vh, &inherited) {
             // Envoy rejects a domain that appears in two virtual hosts.
             for d in &vh.domains {
                 if let Some(other) = seen.insert(d.clone(), vh.name.clone()) {
@@ -46,7 +50,24 @@ pub fn route_config(mut m: Msg<'_, '_>) -> Option<config::RouteConfig> {
     })
 }
 
-fn virtual_host(mut m: Msg<'_, '_>) -> Option<config::VirtualHost> {
+/// What a virtual host (and, for mirrors, its route configuration) gives the
+/// routes that set none of their own: Envoy takes the most specific one whole,
+/// never merging fields.
+#[derive(Default)]
+struct Inherited {
+    retry: Option<Arc<RetryPolicy>>,
+    mirrors: Vec<MirrorPolicy>,
+}
+
+/// `request_mirror_policies` of a route configuration, virtual host or route.
+fn mirror_policies(m: &mut Msg<'_, '_>) -> Vec<MirrorPolicy> {
+    m.list("request_mirror_policies")
+        .into_iter()
+        .filter_map(super::policy::mirror_policy)
+        .collect()
+}
+
+fn virtual_host(mut m: Msg<'_, '_>, from_config: &Inherited) -> Option<config::VirtualHost> {
     let name = m.string("name");
     let domains: Vec<String> = m
         .strings("domains")
@@ -68,7 +89,23 @@ fn virtual_host(mut m: Msg<'_, '_>) -> Option<config::VirtualHost> {
         }
     }
     let headers = header_ops(&mut m);
-    let routes = m.list("routes").into_iter().filter_map(route).collect();
+    let mirrors = mirror_policies(&mut m);
+    let inherited = Inherited {
+        retry: m
+            .msg("retry_policy")
+            .and_then(super::policy::retry_policy)
+            .map(Arc::new),
+        mirrors: if mirrors.is_empty() {
+            from_config.mirrors.clone()
+        } else {
+            mirrors
+        },
+    };
+    let routes = m
+        .list("routes")
+        .into_iter()
+        .filter_map(|r| route(r, &inherited))
+        .collect();
     let filter_overrides = per_filter_configs(&mut m);
     m.ignore("metadata");
     m.advisory(
@@ -87,7 +124,7 @@ fn virtual_host(mut m: Msg<'_, '_>) -> Option<config::VirtualHost> {
     })
 }
 
-fn route(mut m: Msg<'_, '_>) -> Option<config::Route> {
+fn route(mut m: Msg<'_, '_>, inherited: &Inherited) -> Option<config::Route> {
     let name = m.string("name");
     let matcher = match m.msg("match") {
         Some(mm) => route_match(mm),
@@ -97,7 +134,7 @@ fn route(mut m: Msg<'_, '_>) -> Option<config::Route> {
         }
     };
     let action = if let Some(ra) = m.msg("route") {
-        route_action(ra).map(RouteAction::Forward)
+        route_action(ra, inherited).map(RouteAction::Forward)
     } else if let Some(dr) = m.msg("direct_response") {
         direct_response(dr).map(RouteAction::Direct)
     } else if m.has("redirect") {
@@ -252,7 +289,7 @@ fn string_matcher(mut m: Msg<'_, '_>) -> Option<StringMatch> {
     Some(StringMatch { kind, ignore_case })
 }
 
-fn route_action(mut m: Msg<'_, '_>) -> Option<ForwardAction> {
+fn route_action(mut m: Msg<'_, '_>, inherited: &Inherited) -> Option<ForwardAction> {
     let ctx = m.ctx();
     let target = if m.has("cluster") {
         let name = m.string("cluster");
@@ -309,10 +346,16 @@ fn route_action(mut m: Msg<'_, '_>) -> Option<ForwardAction> {
     };
     m.ignore("priority");
     m.ignore("include_vh_rate_limits");
-    let retry = m
-        .msg("retry_policy")
-        .and_then(super::policy::retry_policy)
-        .map(std::sync::Arc::new);
+    // A route's own retry policy replaces the virtual host's whole.
+    let retry = match m.msg("retry_policy") {
+        Some(r) => super::policy::retry_policy(r).map(Arc::new),
+        None => inherited.retry.clone(),
+    };
+    let max_stream_duration = m.msg("max_stream_duration").map(super::policy::max_stream_duration);
+    let max_grpc_timeout = m.duration_ms("max_grpc_timeout");
+    let grpc_timeout_offset = m.duration_ms("grpc_timeout_offset");
+    let idle_timeout = m.duration_ms("idle_timeout");
+    let mirrors = mirror_policies(&mut m);
     let hash_policy = super::lb::hash_policies(&mut m);
     if !hash_policy.is_empty() {
         let names: Vec<&str> = match &target {
@@ -328,6 +371,15 @@ fn route_action(mut m: Msg<'_, '_>) -> Option<ForwardAction> {
         timeout,
         cluster_not_found_status,
         retry,
+        max_stream_duration,
+        max_grpc_timeout,
+        grpc_timeout_offset,
+        idle_timeout,
+        mirrors: if mirrors.is_empty() {
+            inherited.mirrors.clone()
+        } else {
+            mirrors
+        },
         hash_policy,
     })
 }
