@@ -311,6 +311,38 @@ impl Registry {
         );
         family!(
             clusters,
+            "envoy_cluster_upstream_rq_pending_total",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_pending_total.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_pending_active",
+            "gauge",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_pending_active.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_pending_failure_eject",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_pending_failure_eject.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_cancelled",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_cancelled.get()
+        );
+        family!(
+            clusters,
             "envoy_cluster_upstream_rq_per_try_timeout",
             "counter",
             "envoy_cluster_name",
