@@ -173,6 +173,29 @@ impl Drop for StreamSlot {
     }
 }
 
+/// A connection (HTTP/1.1) or stream (HTTP/2) given to one request.
+pub enum Lease {
+    Http1(H1Conn, Arc<EndpointPool>),
+    Http2(http2::SendRequest<RequestBody>, StreamSlot),
+}
+
+impl Lease {
+    /// Sends the request. Returns the response and what its body must
+    /// release when it ends.
+    pub async fn send(self, req: Request<RequestBody>) -> Result<(Response<Incoming>, Release), ProxyError> {
+        match self {
+            Lease::Http1(mut conn, pool) => {
+                let resp = conn.sender.send_request(req).await.map_err(|e| classify_upstream(&e))?;
+                Ok((resp, Release::Http1 { conn, pool }))
+            }
+            Lease::Http2(mut sender, slot) => {
+                let resp = sender.send_request(req).await.map_err(|e| classify_upstream(&e))?;
+                Ok((resp, Release::Http2(slot)))
+            }
+        }
+    }
+}
+
 /// What the response body must do when it ends: give an HTTP/1.1 connection
 /// back, or free an HTTP/2 stream slot.
 pub enum Release {
@@ -227,17 +250,19 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Release), ProxyError> {
+        self.checkout().await?.send(req).await
+    }
+
+    /// A connection or stream for one request, waiting as a pending request
+    /// when none is free. Envoy starts a try's per-try timeout only once the
+    /// pool has given it one (`UpstreamRequest::onPoolReady`); the route
+    /// timeout covers the wait too.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ProxyError> {
         match self.protocol {
-            UpstreamProtocol::Http1 => {
-                let mut conn = self.checkout_h1().await?;
-                let resp = conn.sender.send_request(req).await.map_err(|e| classify_upstream(&e))?;
-                let pool = self.clone();
-                Ok((resp, Release::Http1 { conn, pool }))
-            }
+            UpstreamProtocol::Http1 => Ok(Lease::Http1(self.checkout_h1().await?, self.clone())),
             UpstreamProtocol::Http2 => {
-                let (mut sender, slot) = self.checkout_h2().await?;
-                let resp = sender.send_request(req).await.map_err(|e| classify_upstream(&e))?;
-                Ok((resp, Release::Http2(slot)))
+                let (sender, slot) = self.checkout_h2().await?;
+                Ok(Lease::Http2(sender, slot))
             }
         }
     }
