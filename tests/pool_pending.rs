@@ -538,3 +538,89 @@ async fn a_burst_is_served_in_full_within_max_connections() {
         );
     }
 }
+
+/// Cluster `svc` at one connection and one pending request, with
+/// `max_requests_per_connection` (Istio's maxRequestsPerConnection).
+fn svc_max_requests(endpoint: SocketAddr, h2: bool, max_requests: u32) -> String {
+    let explicit = if h2 {
+        "http2_protocol_options"
+    } else {
+        "http_protocol_options"
+    };
+    format!(
+        "  - name: svc\n    type: STATIC\n    connect_timeout: 0.5s\n    circuit_breakers:\n      thresholds:\n      - {{ max_connections: 1, max_pending_requests: 1 }}\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: {{ max_requests_per_connection: {max_requests} }}\n        explicit_http_config: {{ {explicit}: {{}} }}\n    load_assignment:\n      cluster_name: svc\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
+        endpoint.ip(),
+        endpoint.port()
+    )
+}
+
+/// Istio's circuit-breaking task (maxConnections 1, http1MaxPendingRequests
+/// 1, maxRequestsPerConnection 1). Envoy 1.40, HTTP/1.1 and HTTP/2 alike:
+/// #1 answers 200 and its connection closes after it (upstream_cx_max_requests
+/// counts each connection at its last request); #2 waits for that connection
+/// slot, then gets a new connection and answers 200; #3 overflows with 503 UO.
+/// upstream_cx_total 2, upstream_cx_max_requests 2, upstream_cx_overflow 1,
+/// upstream_rq_pending_total 2, no connection left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_one_queues_for_a_new_connection() {
+    for h2 in [false, true] {
+        let up = Gated::start(h2, false).await;
+        let p = proxy(&http_bootstrap(ROUTES, &svc_max_requests(up.addr, h2, 1))).await;
+        let front = p.listener("http").expect("listener");
+        let admin = p.admin.expect("admin");
+
+        let first = get_in_background(front, "/1");
+        up.arrived(1).await;
+        let second = get_in_background(front, "/2");
+        metric_reaches(admin, "envoy_cluster_upstream_rq_pending_active", 1.0).await;
+        let over = H1::connect(front).await.get("svc", "/3").await;
+        assert_eq!(over.status, 503, "h2: {h2}");
+        assert_eq!(over.header("x-envoy-overloaded"), Some("true"));
+
+        up.release(2);
+        assert_eq!(reply(first).await.text(), "/1");
+        let r = reply(second).await;
+        assert_eq!((r.status.as_u16(), r.text()), (200, "/2".to_string()), "h2: {h2}");
+        assert_eq!(
+            up.accepts.load(Ordering::SeqCst),
+            2,
+            "h2: {h2}: one connection per request"
+        );
+        metric_reaches(admin, "envoy_cluster_upstream_cx_active", 0.0).await;
+        for (name, value) in [
+            ("envoy_cluster_upstream_cx_total", 2.0),
+            ("envoy_cluster_upstream_cx_max_requests", 2.0),
+            ("envoy_cluster_upstream_cx_overflow", 1.0),
+            ("envoy_cluster_upstream_rq_pending_total", 2.0),
+            ("envoy_cluster_upstream_rq_pending_overflow", 1.0),
+        ] {
+            assert_eq!(metric(admin, name).await, value, "h2: {h2}: {name}");
+        }
+    }
+}
+
+/// Envoy: a connection at max_requests_per_connection drains: its last
+/// response streams to the end before it closes, and the next request gets
+/// a new connection (HTTP/1.1 and HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_response_of_a_connection_streams_in_full() {
+    for h2 in [false, true] {
+        let up = if h2 {
+            upstream_h2("mrpc").await
+        } else {
+            upstream("mrpc").await
+        };
+        let p = proxy(&http_bootstrap(ROUTES, &svc_max_requests(up.addr, h2, 2))).await;
+        let front = p.listener("http").expect("listener");
+        let mut c = H1::connect(front).await;
+        for _ in 0..4 {
+            let r = c.get("svc", "/stream/5").await;
+            assert_eq!(r.text(), "chunk0;chunk1;chunk2;chunk3;chunk4;", "h2: {h2}");
+        }
+        assert_eq!(
+            up.accepts.load(Ordering::SeqCst),
+            2,
+            "h2: {h2}: two requests per connection"
+        );
+    }
+}

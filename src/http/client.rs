@@ -13,7 +13,9 @@
 //!
 //! A checked-out connection goes back to the pool when its response body
 //! has been read to the end; a response dropped half-read takes its
-//! connection with it, since the stream's state is unknown.
+//! connection with it, since the stream's state is unknown. A connection that
+//! has taken `max_requests_per_connection` requests takes no more and closes
+//! once they end (Envoy's draining state).
 
 mod queue;
 
@@ -69,6 +71,9 @@ pub struct EndpointPool {
     h2_max_streams: usize,
     h2_stream_window: u32,
     h2_conn_window: u32,
+    /// Requests a connection serves before it closes
+    /// (`max_requests_per_connection`; `u64::MAX` when unlimited).
+    max_requests: u64,
     pub cluster_stats: Arc<ClusterStats>,
     pub stats: Arc<EndpointStats>,
     /// The cluster's circuit breaker: every connection holds a slot of
@@ -85,6 +90,8 @@ pub struct EndpointPool {
 /// An HTTP/1.1 connection while a request holds it.
 pub struct H1Conn {
     sender: http1::SendRequest<RequestBody>,
+    /// Requests it may still serve (`max_requests_per_connection`).
+    remaining: u64,
 }
 
 #[derive(Default)]
@@ -123,6 +130,8 @@ struct H2Pool {
 struct H2Conn {
     sender: http2::SendRequest<RequestBody>,
     streams: Arc<H2Streams>,
+    /// Streams it may still open (`max_requests_per_connection`).
+    remaining: u64,
 }
 
 /// The streams in use on one HTTP/2 connection, and the way back to its
@@ -136,11 +145,20 @@ struct H2Streams {
 impl H2Pool {
     /// A stream on a connection below its limit. Every increment happens
     /// under the pool's lock, so the count never passes `max`.
-    fn take_stream(&mut self, max: usize) -> Option<H2Stream> {
+    fn take_stream(&mut self, max: usize, stats: &ClusterStats) -> Option<H2Stream> {
         self.conns.retain(|c| !c.sender.is_closed());
-        let c = self.conns.iter().find(|c| c.streams.active.load(SeqCst) < max)?;
+        let i = self.conns.iter().position(|c| c.streams.active.load(SeqCst) < max)?;
+        let c = self.conns.get_mut(i)?;
         c.streams.active.fetch_add(1, SeqCst);
-        Some((c.sender.clone(), StreamSlot(Some(c.streams.clone()))))
+        c.remaining -= 1;
+        let found = (c.sender.clone(), StreamSlot(Some(c.streams.clone())));
+        if c.remaining == 0 {
+            // As Envoy: the connection drains, taking no new streams, and
+            // closes when its last stream ends (its senders are all gone).
+            stats.upstream_cx_max_requests.inc();
+            self.conns.remove(i);
+        }
+        Some(found)
     }
 }
 
@@ -231,6 +249,9 @@ impl EndpointPool {
             h2_max_streams: cluster.http2.max_concurrent_streams.max(1) as usize,
             h2_stream_window: cluster.http2.initial_stream_window_size,
             h2_conn_window: cluster.http2.initial_connection_window_size,
+            max_requests: cluster
+                .max_requests_per_connection
+                .map_or(u64::MAX, |n| u64::from(n.get())),
             cluster_stats,
             stats: Arc::default(),
             breaker,
@@ -316,6 +337,11 @@ impl EndpointPool {
                 if let Some(p) = pending.take() {
                     p.served();
                 }
+                conn.remaining -= 1;
+                if conn.remaining == 0 {
+                    // As Envoy: its last request; it closes when that ends.
+                    self.cluster_stats.upstream_cx_max_requests.inc();
+                }
                 return Ok(conn);
             }
         }
@@ -362,7 +388,11 @@ impl EndpointPool {
         {
             let mut pool = lock(&self.h1);
             pool.connecting -= 1;
-            if let Err(conn) = pool.waiters.serve(H1Conn { sender }) {
+            let conn = H1Conn {
+                sender,
+                remaining: self.max_requests,
+            };
+            if let Err(conn) = pool.waiters.serve(conn) {
                 pool.idle.push((conn, Instant::now()));
             }
         }
@@ -385,7 +415,8 @@ impl EndpointPool {
     }
 
     fn give_back(&self, conn: H1Conn) {
-        if conn.sender.is_closed() {
+        if conn.sender.is_closed() || conn.remaining == 0 {
+            // Dropping the last sender closes the connection.
             return;
         }
         let mut pool = lock(&self.h1);
@@ -399,7 +430,7 @@ impl EndpointPool {
     async fn checkout_h2(self: &Arc<Self>) -> Result<H2Stream, ProxyError> {
         let (pending, rx) = {
             let mut pool = lock(&self.h2);
-            if let Some(found) = pool.take_stream(self.h2_max_streams) {
+            if let Some(found) = pool.take_stream(self.h2_max_streams, &self.cluster_stats) {
                 return Ok(found);
             }
             let pending = Pending::start(&self.breaker, &self.cluster_stats)?;
@@ -428,7 +459,7 @@ impl EndpointPool {
         // Published before looking for free streams (see StreamSlot::drop).
         self.h2_waiting.store(pool.waiters.len(), SeqCst);
         while !pool.waiters.is_empty() {
-            let Some(found) = pool.take_stream(self.h2_max_streams) else {
+            let Some(found) = pool.take_stream(self.h2_max_streams, &self.cluster_stats) else {
                 break;
             };
             if let Err((_, slot)) = pool.waiters.serve(found) {
@@ -491,6 +522,7 @@ impl EndpointPool {
             pool.conns.push(H2Conn {
                 sender,
                 streams: streams.clone(),
+                remaining: self.max_requests,
             });
             self.serve_h2(&mut pool);
         }

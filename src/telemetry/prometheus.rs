@@ -303,6 +303,14 @@ impl Registry {
         );
         family!(
             clusters,
+            "envoy_cluster_upstream_cx_max_requests",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_max_requests.get()
+        );
+        family!(
+            clusters,
             "envoy_cluster_upstream_rq_pending_overflow",
             "counter",
             "envoy_cluster_name",

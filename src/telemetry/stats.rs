@@ -123,6 +123,8 @@ pub struct ClusterStats {
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_rx_reset: Counter,
     pub upstream_cx_overflow: Counter,
+    /// Connections closed for reaching `max_requests_per_connection`.
+    pub upstream_cx_max_requests: Counter,
     pub upstream_rq_pending_overflow: Counter,
     /// Requests that waited in a pool for a connection or stream.
     pub upstream_rq_pending_total: Counter,
