@@ -2,7 +2,7 @@
 //! routes, clusters and endpoints as plain Rust values. Everything here has
 //! already been checked by `xds::translate`; nothing here knows protobuf.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -228,6 +228,10 @@ pub struct Cluster {
     /// Upstream connections idle longer than this are closed (Envoy's
     /// `common_http_protocol_options.idle_timeout`, default 1 h).
     pub idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection` (or the
+    /// deprecated cluster field): an upstream connection closes after this
+    /// many requests. None (unset or 0) is no limit, as in Envoy.
+    pub max_requests_per_connection: Option<NonZeroU32>,
     pub endpoints: Vec<Endpoint>,
     /// For `type: EDS`: the assignment name (`service_name`, else the cluster
     /// name) whose endpoints xDS delivers; `endpoints` are filled from it.
@@ -256,6 +260,7 @@ impl Cluster {
             protocol: UpstreamProtocol::Http1,
             http2: Http2Settings::default(),
             idle_timeout: Some(Duration::from_secs(3600)),
+            max_requests_per_connection: None,
             endpoints,
             eds: None,
             circuit_breakers: CircuitBreakers::default(),

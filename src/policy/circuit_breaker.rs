@@ -216,6 +216,15 @@ impl Breaker {
         admit(&self.inner.connections, max).then(|| ConnGuard(self.inner.clone()))
     }
 
+    /// A connection past `max_connections`, for a host's pool that has none:
+    /// as Envoy's `tryCreateNewConnection` ("this upstream has no connections,
+    /// always create one"), so requests queued on a host are never stranded by
+    /// other hosts' connections. Counted like any other (`remaining_cx` stays 0).
+    pub fn force_connection(&self) -> ConnGuard {
+        self.inner.connections.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.inner.clone())
+    }
+
     /// A request that must wait for a connection or stream. Overflow: count
     /// `upstream_rq_pending_overflow` and fail the attempt as Envoy's pool does
     /// (`AttemptOutcome::Overflow`: 503, flag UO, `x-envoy-overloaded: true`).
@@ -388,6 +397,26 @@ mod tests {
         assert!(b.try_connection().is_none());
         assert!(b.try_pending().is_none());
         assert!(b.try_retry().is_none());
+    }
+
+    // Envoy creates one connection for a host's pool that has none even at
+    // max_connections; the count goes past the maximum, remaining_cx stays 0,
+    // and the extra slot is given back like any other.
+    #[test]
+    fn forced_connection_goes_past_the_limit() {
+        let b = breaker(|t| t.max_connections = 1);
+        let first = b.try_connection();
+        assert!(first.is_some());
+        let forced = b.force_connection();
+        assert_eq!((b.connections(), b.remaining_cx()), (2, 0));
+        assert!(b.cx_open() && b.try_connection().is_none());
+        drop(first);
+        assert!(
+            b.try_connection().is_none(),
+            "still at the limit with the forced one open"
+        );
+        drop(forced);
+        assert!(b.try_connection().is_some());
     }
 
     // Envoy decrements each resource when its holder ends, on every path.

@@ -319,11 +319,51 @@ impl Registry {
         );
         family!(
             clusters,
+            "envoy_cluster_upstream_cx_max_requests",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_cx_max_requests.get()
+        );
+        family!(
+            clusters,
             "envoy_cluster_upstream_rq_pending_overflow",
             "counter",
             "envoy_cluster_name",
             name,
             |s| s.upstream_rq_pending_overflow.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_pending_total",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_pending_total.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_pending_active",
+            "gauge",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_pending_active.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_pending_failure_eject",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_pending_failure_eject.get()
+        );
+        family!(
+            clusters,
+            "envoy_cluster_upstream_rq_cancelled",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_cancelled.get()
         );
         family!(
             clusters,

@@ -127,7 +127,16 @@ pub struct ClusterStats {
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_rx_reset: Counter,
     pub upstream_cx_overflow: Counter,
+    /// Connections closed for reaching `max_requests_per_connection`.
+    pub upstream_cx_max_requests: Counter,
     pub upstream_rq_pending_overflow: Counter,
+    /// Requests that waited in a pool for a connection or stream.
+    pub upstream_rq_pending_total: Counter,
+    pub upstream_rq_pending_active: Gauge,
+    /// Pending requests failed because a connection to their host failed.
+    pub upstream_rq_pending_failure_eject: Counter,
+    /// Requests gone (timeout, client reset) before obtaining a connection.
+    pub upstream_rq_cancelled: Counter,
     pub upstream_rq_per_try_timeout: Counter,
     pub upstream_rq_retry: Counter,
     pub upstream_rq_retry_success: Counter,

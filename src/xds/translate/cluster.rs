@@ -1,7 +1,7 @@
 //! `envoy.config.cluster.v3.Cluster` (STATIC with `load_assignment`, or EDS)
 //! -> `config::Cluster`, and `ClusterLoadAssignment` -> endpoints.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, time::Duration};
 
 use super::{listener::socket_address, Msg};
 use crate::config::{self, HealthStatus, Http2Settings, UpstreamProtocol, DEFAULT_OVERPROVISIONING_FACTOR};
@@ -35,8 +35,11 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
 
     let mut protocol = UpstreamProtocol::Http1;
     let mut http2 = Http2Settings::default();
-    let mut idle_timeout = Some(Duration::from_secs(3600));
     // The deprecated cluster-level fields still appear in real configs.
+    let mut common = CommonOptions {
+        max_requests_per_connection: m.wrapped_u32("max_requests_per_connection"),
+        ..CommonOptions::default()
+    };
     if let Some(h2) = m.msg("http2_protocol_options") {
         protocol = UpstreamProtocol::Http2;
         http2 = super::listener::http2_settings(h2);
@@ -44,15 +47,15 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
     if let Some(h1) = m.msg("http_protocol_options") {
         super::listener::http1_options(h1);
     }
-    if let Some(mut common) = m.msg("common_http_protocol_options") {
-        idle_timeout = common_options(&mut common);
+    if let Some(mut options) = m.msg("common_http_protocol_options") {
+        common.read(&mut options);
     }
     for (key, entry) in m.map_entries("typed_extension_protocol_options") {
         let entry_path = entry.path.clone();
         match entry.unpack() {
             Some((t, mut o)) if t == HTTP_PROTOCOL_OPTIONS => {
-                if let Some(mut common) = o.msg("common_http_protocol_options") {
-                    idle_timeout = common_options(&mut common);
+                if let Some(mut options) = o.msg("common_http_protocol_options") {
+                    common.read(&mut options);
                 }
                 if let Some(mut explicit) = o.msg("explicit_http_config") {
                     if let Some(h2) = explicit.msg("http2_protocol_options") {
@@ -139,7 +142,9 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
         connect_timeout,
         protocol,
         http2,
-        idle_timeout,
+        idle_timeout: common.idle_timeout,
+        // As Envoy: 0 is no limit.
+        max_requests_per_connection: common.max_requests_per_connection.and_then(NonZeroU32::new),
         endpoints: assignment.endpoints,
         eds,
         circuit_breakers,
@@ -150,14 +155,35 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
     })
 }
 
-/// `core.v3.HttpProtocolOptions`: the upstream idle timeout (default 1 h, 0 disables).
-fn common_options(m: &mut Msg<'_, '_>) -> Option<Duration> {
-    let idle = m.duration("idle_timeout").unwrap_or(Duration::from_secs(3600));
-    m.advisory(
-        "max_headers_count",
-        "accepted without effect: header count limits are fixed",
-    );
-    (!idle.is_zero()).then_some(idle)
+/// `core.v3.HttpProtocolOptions` for upstream connections.
+struct CommonOptions {
+    /// Default 1 h; 0 disables.
+    idle_timeout: Option<Duration>,
+    max_requests_per_connection: Option<u32>,
+}
+
+impl Default for CommonOptions {
+    fn default() -> Self {
+        CommonOptions {
+            idle_timeout: Some(Duration::from_secs(3600)),
+            max_requests_per_connection: None,
+        }
+    }
+}
+
+impl CommonOptions {
+    fn read(&mut self, m: &mut Msg<'_, '_>) {
+        let idle = m.duration("idle_timeout").unwrap_or(Duration::from_secs(3600));
+        self.idle_timeout = (!idle.is_zero()).then_some(idle);
+        // Envoy: the common options' value wins over the deprecated cluster field.
+        if let Some(n) = m.wrapped_u32("max_requests_per_connection") {
+            self.max_requests_per_connection = Some(n);
+        }
+        m.advisory(
+            "max_headers_count",
+            "accepted without effect: header count limits are fixed",
+        );
+    }
 }
 
 /// A `ClusterLoadAssignment` (inline `load_assignment` or an EDS resource):

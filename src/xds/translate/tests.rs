@@ -286,3 +286,39 @@ fn istio_telemetry_filters_are_skipped_with_a_warning_and_traffic_filters_reject
         "{errors:?}"
     );
 }
+
+// Envoy: HttpProtocolOptions.common_http_protocol_options.max_requests_per_connection
+// (Istio's maxRequestsPerConnection) limits requests per upstream connection;
+// the deprecated cluster field applies when the common options leave it
+// unset; 0 is no limit.
+#[test]
+fn max_requests_per_connection_from_common_options_or_the_deprecated_field() {
+    let typed = |common: &str| {
+        format!(
+            "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: {{ {common} }}\n        explicit_http_config: {{ http_protocol_options: {{}} }}"
+        )
+    };
+    let limit = |extra: &str| {
+        let b = crate::xds::parse_bootstrap("t.yaml", &bootstrap("route: { cluster: c }", extra, ""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.clusters[0].max_requests_per_connection.map(|n| n.get())
+    };
+    assert_eq!(limit(""), None);
+    assert_eq!(limit(&typed("max_requests_per_connection: 1")), Some(1));
+    assert_eq!(limit(&typed("max_requests_per_connection: 0")), None);
+    assert_eq!(limit("\n    max_requests_per_connection: 7"), Some(7));
+    assert_eq!(
+        limit(&format!(
+            "\n    max_requests_per_connection: 7{}",
+            typed("max_requests_per_connection: 2")
+        )),
+        Some(2)
+    );
+    assert_eq!(
+        limit(&format!(
+            "\n    max_requests_per_connection: 7{}",
+            typed("idle_timeout: 5s")
+        )),
+        Some(7)
+    );
+}
