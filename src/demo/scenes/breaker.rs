@@ -29,6 +29,7 @@ const HOLDING: &str = "details";
 /// The scene adds them up, as an operator watching both versions would.
 const OVERFLOW_STATS: [&str; 2] = ["upstream_rq_pending_overflow", "upstream_rq_active_overflow"];
 
+/// Scene 4: prints what was configured, runs the burst, returns what was not as configured.
 pub(in crate::demo) async fn breaker(mesh: &Mesh, services: &Services, policies: &Policies) -> Vec<String> {
     let limit = policies.max_requests();
     let burst = (limit * BURST_FACTOR).min(MAX_BURST);
