@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     net::SocketAddr,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -351,4 +351,77 @@ fn a_port_in_use_exits_1_naming_the_listener() {
     let (code, text) = run(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("cannot bind"), "{text}");
+}
+
+/// Runs `remora demo` (bounded: it is killed after `DEMO_WAIT`) and returns its exit code and output.
+fn run_demo() -> (i32, String) {
+    const DEMO_WAIT: Duration = Duration::from_secs(60);
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn remora demo");
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + DEMO_WAIT;
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("remora demo did not finish within {DEMO_WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    (code, text)
+}
+
+/// `remora demo` shows Envoy's traffic policy at work on the fixture's config
+/// (xds-fixtures/demo), each scene with its own verdict and the exit code 0
+/// only when all pass: the weighted split (80/20, then 20/80 after an xDS
+/// update) within tolerance; `outlier_detection.consecutive_5xx` ejecting a
+/// failing instance at its 5th 503 so that it gets nothing afterwards; a
+/// `retry_policy` with `previous_hosts` hiding a flaky instance's 503s and
+/// resets from every client; `circuit_breakers` `max_requests` letting 10 of
+/// a 40-request burst through and answering the rest 503 with
+/// `x-envoy-overloaded: true` at once; and remora's counters agreeing with
+/// what the sample instances counted.
+#[test]
+fn demo_shows_each_policy_at_work() {
+    let (code, text) = run_demo();
+    assert_eq!(code, 0, "{text}");
+    for scene in [
+        "weighted split",
+        "outlier detection",
+        "retries",
+        "circuit breaker",
+        "counters",
+    ] {
+        assert!(text.contains(&format!("verdict ({scene}): OK")), "{scene}:\n{text}");
+    }
+    // What each verdict was made of, as the demo reports it.
+    for measured in [
+        "v2-b answered 503 to the 5 requests it got",
+        "then got 0 of the",
+        "outlier_detection_ejections_active 1",
+        "clients saw 0 errors",
+        "upstream_rq_retry_overflow 0",
+        "10 at details, 30 answered, 30 of them 503 x-envoy-overloaded",
+    ] {
+        assert!(text.contains(measured), "{measured}:\n{text}");
+    }
+    assert!(text.contains("\nOK: "), "{text}");
 }

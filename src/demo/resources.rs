@@ -1,7 +1,8 @@
 //! The demo's config as xDS: the fixture's listener and clusters turned into
 //! the resources the in-process control plane serves (ephemeral listener port,
-//! the sample services as endpoints, the split's weights as asked), and the
-//! bootstrap that gives remora nothing but the way to that control plane.
+//! the sample instances as endpoints, the split's weights as asked), the
+//! policy fields the scenes print and judge by, and the bootstrap that gives
+//! remora nothing but the way to that control plane.
 
 use std::net::SocketAddr;
 
@@ -21,7 +22,13 @@ const FIXTURE: &str = include_str!("../../xds-fixtures/demo/bootstrap.yaml");
 /// The listener remora serves the demo on, and the route whose weights change.
 pub(super) const LISTENER_NAME: &str = "ingress";
 const SPLIT_ROUTE: &str = "split";
-const CLUSTERS: [&str; 2] = ["reviews-v1", "reviews-v2"];
+const SPLIT_CLUSTERS: [&str; 2] = ["reviews-v1", "reviews-v2"];
+/// Where the scenes' policies are: the cluster with outlier detection, the
+/// route with retries (and its cluster), the cluster with a small breaker.
+pub(super) const OUTLIER_CLUSTER: &str = "reviews-v2";
+pub(super) const RETRY_ROUTE: &str = "ratings";
+pub(super) const RETRY_CLUSTER: &str = "ratings";
+pub(super) const BREAKER_CLUSTER: &str = "details";
 
 /// The weights of the `split` route: reviews-v1, reviews-v2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +53,8 @@ impl Split {
 /// The fixture's listener and clusters (as JSON), ready to be re-weighted and encoded.
 pub(super) struct DemoConfig {
     listener: Value,
-    clusters: Vec<Value>,
+    /// (name, Cluster), in the order given to `from_fixture`.
+    clusters: Vec<(&'static str, Value)>,
     /// The weights the fixture gives the split route.
     split: Split,
     pool: ApiPool,
@@ -54,8 +62,9 @@ pub(super) struct DemoConfig {
 
 impl DemoConfig {
     /// Reads the fixture and points it at this process: the listener on
-    /// 127.0.0.1:0, each cluster's only endpoint the sample service given.
-    pub(super) fn from_fixture(v1: SocketAddr, v2: SocketAddr) -> Result<DemoConfig, String> {
+    /// 127.0.0.1:0, each cluster's endpoints the sample instances given (as
+    /// many as the fixture lists, in its order).
+    pub(super) fn from_fixture(endpoints: &[(&'static str, Vec<SocketAddr>)]) -> Result<DemoConfig, String> {
         let bad = |e: &dyn std::fmt::Display| format!("the demo config xds-fixtures/{FIXTURE_NAME} does not load: {e}");
         let mut doc = parse_document(FIXTURE_NAME, FIXTURE).map_err(|e| bad(&e))?;
         let statics = doc
@@ -64,21 +73,27 @@ impl DemoConfig {
         let mut listener = take_named(statics, "listeners", LISTENER_NAME)
             .ok_or_else(|| bad(&format!("no listener '{LISTENER_NAME}'")))?;
         listener["address"] = socket_address(SocketAddr::from(([127, 0, 0, 1], 0)));
-        // take_named only matches objects, so the fields below can be set by index.
         let mut clusters = Vec::new();
-        for (name, addr) in CLUSTERS.into_iter().zip([v1, v2]) {
+        for (name, addrs) in endpoints {
             let mut cluster =
                 take_named(statics, "clusters", name).ok_or_else(|| bad(&format!("no cluster '{name}'")))?;
-            cluster["load_assignment"] = json!({
-                "cluster_name": name,
-                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket_address(addr) } }] }],
-            });
-            clusters.push(cluster);
+            let mut listed = lb_endpoints(&mut cluster);
+            if listed.len() != addrs.len() {
+                return Err(bad(&format!(
+                    "cluster '{name}' has {} endpoints, the demo runs {} instances of it",
+                    listed.len(),
+                    addrs.len()
+                )));
+            }
+            for (endpoint, addr) in listed.iter_mut().zip(addrs) {
+                endpoint["address"] = socket_address(*addr);
+            }
+            clusters.push((*name, cluster));
         }
         let split = fixture_split(&mut listener).ok_or_else(|| {
             bad(&format!(
                 "no route '{SPLIT_ROUTE}' weighting {} and {}",
-                CLUSTERS[0], CLUSTERS[1]
+                SPLIT_CLUSTERS[0], SPLIT_CLUSTERS[1]
             ))
         })?;
         let pool = ApiPool::load().map_err(|e| bad(&e))?;
@@ -95,19 +110,50 @@ impl DemoConfig {
         self.split
     }
 
-    /// The listener and both clusters, encoded, with the split weighted as given.
+    /// The policy fields the scenes show and judge by, as the fixture has them.
+    pub(super) fn policies(&self) -> Result<Policies, String> {
+        let missing = |what: &str| format!("the demo config xds-fixtures/{FIXTURE_NAME} has no {what}");
+        let cluster = |name: &str| {
+            self.clusters
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| c)
+                .ok_or_else(|| missing(&format!("cluster '{name}'")))
+        };
+        let thresholds = |name: &str| -> Result<Value, String> {
+            cluster(name)?
+                .pointer("/circuit_breakers/thresholds/0")
+                .cloned()
+                .ok_or_else(|| missing(&format!("circuit_breakers.thresholds in cluster '{name}'")))
+        };
+        let mut listener = self.listener.clone();
+        Ok(Policies {
+            outlier: cluster(OUTLIER_CLUSTER)?
+                .get("outlier_detection")
+                .cloned()
+                .ok_or_else(|| missing(&format!("outlier_detection in cluster '{OUTLIER_CLUSTER}'")))?,
+            retry: route_named(&mut listener, RETRY_ROUTE)
+                .and_then(|r| r.pointer("/route/retry_policy"))
+                .cloned()
+                .ok_or_else(|| missing(&format!("retry_policy in route '{RETRY_ROUTE}'")))?,
+            retry_breaker: thresholds(RETRY_CLUSTER)?,
+            breaker: thresholds(BREAKER_CLUSTER)?,
+        })
+    }
+
+    /// The listener and every cluster, encoded, with the split weighted as given.
     pub(super) fn resources(&self, split: Split) -> Result<Vec<Resource>, String> {
         let mut listener = self.listener.clone();
         // from_fixture found both clusters in the route: only their weights change.
         for c in split_clusters(&mut listener).into_iter().flatten() {
-            if c["name"] == CLUSTERS[0] {
+            if c["name"] == SPLIT_CLUSTERS[0] {
                 c["weight"] = split.v1.into();
-            } else if c["name"] == CLUSTERS[1] {
+            } else if c["name"] == SPLIT_CLUSTERS[1] {
                 c["weight"] = split.v2.into();
             }
         }
         let mut resources = vec![self.encode(LISTENER, LISTENER_NAME, listener)?];
-        for (name, cluster) in CLUSTERS.into_iter().zip(&self.clusters) {
+        for (name, cluster) in &self.clusters {
             resources.push(self.encode(CLUSTER, name, cluster.clone())?);
         }
         Ok(resources)
@@ -120,6 +166,50 @@ impl DemoConfig {
             .decode_value(message, value)
             .map_err(|e| format!("the demo's {message} '{name}' does not decode:\n{e}"))?;
         Ok(Resource::new(type_url, name, decoded.encode_to_vec()))
+    }
+}
+
+/// The policy fields of the fixture that the scenes exercise, as written there.
+pub(super) struct Policies {
+    /// `outlier_detection` of `OUTLIER_CLUSTER`.
+    pub(super) outlier: Value,
+    /// `retry_policy` of `RETRY_ROUTE`.
+    pub(super) retry: Value,
+    /// The first `circuit_breakers.thresholds` of `RETRY_CLUSTER`.
+    pub(super) retry_breaker: Value,
+    /// The first `circuit_breakers.thresholds` of `BREAKER_CLUSTER`.
+    pub(super) breaker: Value,
+}
+
+impl Policies {
+    /// `outlier_detection.consecutive_5xx`, Envoy's default 5 when unset.
+    pub(super) fn consecutive_5xx(&self) -> u64 {
+        number(&self.outlier["consecutive_5xx"]).unwrap_or(5)
+    }
+
+    /// The breaker scene's `max_requests`, Envoy's default 1024 when unset.
+    pub(super) fn max_requests(&self) -> u64 {
+        number(&self.breaker["max_requests"]).unwrap_or(1024)
+    }
+}
+
+/// A proto3 JSON integer, which may be written as a number or a string.
+fn number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// A config value in YAML's flow style, as short as it reads in the fixture:
+/// `{consecutive_5xx: 5, interval: 10s}`; a typed extension is shown by its name.
+pub(super) fn flow(v: &Value) -> String {
+    match v {
+        Value::Object(o) if o.contains_key("typed_config") && o.contains_key("name") => flow(&o["name"]),
+        Value::Object(o) => {
+            let fields: Vec<String> = o.iter().map(|(k, v)| format!("{k}: {}", flow(v))).collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(flow).collect::<Vec<_>>().join(", ")),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -169,7 +259,7 @@ fn fixture_split(listener: &mut Value) -> Option<Split> {
         let w = weighted.iter().find(|c| c["name"] == name)?["weight"].as_u64()?;
         u32::try_from(w).ok()
     };
-    let (v1, v2) = (weight(CLUSTERS[0])?, weight(CLUSTERS[1])?);
+    let (v1, v2) = (weight(SPLIT_CLUSTERS[0])?, weight(SPLIT_CLUSTERS[1])?);
     (v1.checked_add(v2)? > 0).then_some(Split { v1, v2 })
 }
 
@@ -180,9 +270,31 @@ fn take_named(statics: &mut Value, list: &str, name: &str) -> Option<Value> {
     Some(items.remove(i))
 }
 
-/// The `weighted_clusters.clusters` list of the split route, wherever the
-/// listener's HTTP connection manager has it.
+/// Every `endpoint` of a cluster's `load_assignment`, in order.
+fn lb_endpoints(cluster: &mut Value) -> Vec<&mut Value> {
+    let Some(localities) = cluster
+        .pointer_mut("/load_assignment/endpoints")
+        .and_then(Value::as_array_mut)
+    else {
+        return Vec::new();
+    };
+    localities
+        .iter_mut()
+        .filter_map(|l| l.get_mut("lb_endpoints")?.as_array_mut())
+        .flatten()
+        .filter_map(|e| e.get_mut("endpoint"))
+        .collect()
+}
+
+/// The `weighted_clusters.clusters` list of the split route.
 fn split_clusters(listener: &mut Value) -> Option<&mut Vec<Value>> {
+    route_named(listener, SPLIT_ROUTE)?
+        .pointer_mut("/route/weighted_clusters/clusters")?
+        .as_array_mut()
+}
+
+/// The route named `name`, wherever the listener's HTTP connection manager has it.
+fn route_named<'a>(listener: &'a mut Value, name: &str) -> Option<&'a mut Value> {
     listener
         .get_mut("filter_chains")?
         .as_array_mut()?
@@ -196,19 +308,35 @@ fn split_clusters(listener: &mut Value) -> Option<&mut Vec<Value>> {
         .flatten()
         .filter_map(|vh| vh.get_mut("routes")?.as_array_mut())
         .flatten()
-        .find(|r| r["name"] == SPLIT_ROUTE)?
-        .pointer_mut("/route/weighted_clusters/clusters")?
-        .as_array_mut()
+        .find(|r| r["name"] == name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::demo::services::TOPOLOGY;
+
+    fn config() -> DemoConfig {
+        let mut port = 9000;
+        let endpoints: Vec<_> = TOPOLOGY
+            .iter()
+            .map(|(cluster, names)| {
+                let addrs = names
+                    .iter()
+                    .map(|_| {
+                        port += 1;
+                        SocketAddr::from(([127, 0, 0, 1], port))
+                    })
+                    .collect();
+                (*cluster, addrs)
+            })
+            .collect();
+        DemoConfig::from_fixture(&endpoints).unwrap()
+    }
 
     #[test]
-    fn fixture_becomes_a_listener_and_two_clusters_with_the_weights_asked() {
-        let (v1, v2) = ("127.0.0.1:9001".parse().unwrap(), "127.0.0.1:9002".parse().unwrap());
-        let config = DemoConfig::from_fixture(v1, v2).unwrap();
+    fn fixture_becomes_a_listener_and_its_clusters_with_the_weights_asked() {
+        let config = config();
         assert_eq!(config.split(), Split { v1: 80, v2: 20 });
         let resources = config.resources(Split { v1: 50, v2: 50 }).unwrap();
         let names: Vec<_> = resources
@@ -217,12 +345,56 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [(LISTENER, "ingress"), (CLUSTER, "reviews-v1"), (CLUSTER, "reviews-v2")]
+            [
+                (LISTENER, "ingress"),
+                (CLUSTER, "reviews-v1"),
+                (CLUSTER, "reviews-v2"),
+                (CLUSTER, "ratings"),
+                (CLUSTER, "details")
+            ]
         );
         // Different weights, a different listener; the clusters stay the same.
         let before = config.resources(config.split()).unwrap();
         assert_ne!(before[0], resources[0]);
         assert_eq!(before[1..], resources[1..]);
         assert_eq!(Split { v1: 80, v2: 20 }.label(), "reviews-v1 80% / reviews-v2 20%");
+    }
+
+    #[test]
+    fn each_instance_becomes_an_endpoint_in_order() {
+        let config = config();
+        let (_, v2) = &config.clusters[1];
+        let ports: Vec<_> = v2["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["endpoint"]["address"]["socket_address"]["port_value"].clone())
+            .collect();
+        assert_eq!(ports, [json!(9002), json!(9003)]);
+        let err = DemoConfig::from_fixture(&[("reviews-v2", vec![SocketAddr::from(([127, 0, 0, 1], 1))])])
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("cluster 'reviews-v2' has 2 endpoints, the demo runs 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn policies_as_the_fixture_writes_them() {
+        let p = config().policies().unwrap();
+        assert_eq!(p.consecutive_5xx(), 5);
+        assert_eq!(p.max_requests(), 10);
+        assert_eq!(
+            flow(&p.outlier),
+            "{base_ejection_time: 30s, consecutive_5xx: 5, interval: 10s, max_ejection_percent: 50}"
+        );
+        assert_eq!(
+            flow(&p.retry),
+            "{host_selection_retry_max_attempts: 5, num_retries: 2, \
+             retry_host_predicate: [envoy.retry_host_predicates.previous_hosts], retry_on: 5xx,reset,connect-failure}"
+        );
+        assert_eq!(flow(&p.breaker), "{max_requests: 10, track_remaining: true}");
+        assert_eq!(number(&json!("7")), Some(7));
     }
 }

@@ -1,7 +1,7 @@
 //! The demo's client side: which requests to send (one kind per route of the
-//! fixture), and sending them through remora over a few keep-alive connections
+//! fixture), and sending them through remora over keep-alive connections
 //! that are kept from one burst to the next. It records answers; judging them
-//! is `report.rs`'s job.
+//! is for `report.rs` and the scenes.
 
 use std::{
     future::Future,
@@ -20,6 +20,7 @@ use hyper::client::conn::http1 as client;
 use hyper_util::rt::TokioIo;
 use tokio::{
     net::TcpStream,
+    sync::watch,
     task::{JoinHandle, JoinSet},
     time::timeout,
 };
@@ -40,8 +41,11 @@ pub(super) enum Kind {
     Pinned,
     Health,
     NoRoute,
+    Ratings,
+    Details,
 }
 
+/// The kinds mixed in the weighted split's traffic; the other routes have scenes of their own.
 pub(super) const KINDS: [Kind; 5] = [Kind::Split, Kind::Canary, Kind::Pinned, Kind::Health, Kind::NoRoute];
 
 impl Kind {
@@ -51,6 +55,8 @@ impl Kind {
             Kind::Pinned => "/v1/anything",
             Kind::Health => "/healthz",
             Kind::NoRoute => "/nope",
+            Kind::Ratings => "/ratings",
+            Kind::Details => "/details",
         }
     }
 
@@ -73,6 +79,8 @@ impl Kind {
             Kind::Pinned => "route v1-pinned: prefix_rewrite /v1/ -> /, reviews-v1".into(),
             Kind::Health => "route health: direct_response 200 \"ok\"".into(),
             Kind::NoRoute => "no route matches: remora answers 404".into(),
+            Kind::Ratings => "route ratings: retry_policy -> ratings".into(),
+            Kind::Details => "route details -> details".into(),
         }
     }
 }
@@ -81,7 +89,11 @@ impl Kind {
 pub(super) struct Answer {
     pub(super) status: u16,
     pub(super) version: Option<String>,
+    /// The sample instance that answered (`x-instance`); None: remora itself.
+    pub(super) instance: Option<String>,
     pub(super) seen_path: Option<String>,
+    /// `x-envoy-overloaded: true`: a circuit breaker answered.
+    pub(super) overloaded: bool,
     pub(super) body: Bytes,
 }
 
@@ -109,21 +121,34 @@ pub(super) fn plan(requests: u32) -> Vec<Kind> {
 /// What a worker asks for its next request; None ends it.
 type Source = Arc<dyn Fn() -> Option<Kind> + Send + Sync>;
 
-/// `CONNECTIONS` keep-alive connections to one address, kept across bursts
-/// (a connection is only replaced when it broke).
+/// Keep-alive connections to one address, kept across bursts (a connection
+/// is only replaced when it broke), each sending one request at a time.
 pub(super) struct Client {
     target: SocketAddr,
     conns: Vec<Option<Conn>>,
     opened: Arc<AtomicUsize>,
+    /// Requests finished (answered or failed) so far, for those who wait on them.
+    finished: Arc<watch::Sender<usize>>,
 }
 
 impl Client {
+    /// A client with `CONNECTIONS` connections.
     pub(super) fn new(target: SocketAddr) -> Client {
+        Client::with_connections(target, CONNECTIONS)
+    }
+
+    pub(super) fn with_connections(target: SocketAddr, connections: usize) -> Client {
         Client {
             target,
-            conns: (0..CONNECTIONS).map(|_| None).collect(),
+            conns: (0..connections.max(1)).map(|_| None).collect(),
             opened: Arc::new(AtomicUsize::new(0)),
+            finished: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// Requests finished so far, updated as each one does.
+    pub(super) fn finished(&self) -> watch::Receiver<usize> {
+        self.finished.subscribe()
     }
 
     /// Connections opened so far.
@@ -165,7 +190,7 @@ impl Client {
                 self.target,
                 conn.take(),
                 source.clone(),
-                self.opened.clone(),
+                (self.opened.clone(), self.finished.clone()),
             ));
         }
         workers
@@ -194,7 +219,7 @@ async fn worker(
     target: SocketAddr,
     mut conn: Option<Conn>,
     source: Source,
-    opened: Arc<AtomicUsize>,
+    (opened, finished): (Arc<AtomicUsize>, Arc<watch::Sender<usize>>),
 ) -> (usize, Option<Conn>, Vec<Sample>) {
     let host = target.to_string();
     let mut samples = Vec::new();
@@ -211,6 +236,7 @@ async fn worker(
                         outcome: Err(e),
                         latency: Duration::ZERO,
                     });
+                    finished.send_modify(|n| *n += 1);
                     continue;
                 }
             }
@@ -223,6 +249,7 @@ async fn worker(
             conn = None; // its state is unknown: the next request opens another
         }
         samples.push(Sample { kind, outcome, latency });
+        finished.send_modify(|n| *n += 1);
     }
     (slot, conn, samples)
 }
@@ -285,7 +312,9 @@ impl Conn {
             Ok(Answer {
                 status: parts.status.as_u16(),
                 version: text("x-version"),
+                instance: text("x-instance"),
                 seen_path: text("x-seen-path"),
+                overloaded: text("x-envoy-overloaded").as_deref() == Some("true"),
                 body,
             })
         };
