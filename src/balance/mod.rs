@@ -135,6 +135,9 @@ impl ClusterRuntime {
         let plan = self.current_plan();
         let choice = plan.plan.choose(hash.unwrap_or_else(|| fastrand::u64(..)))?;
         let level = self.levels.get(choice.level)?;
+        if choice.hosts == HostSubset::All {
+            self.stats.lb_healthy_panic.inc();
+        }
         let ejected = |e: &EndpointPool| self.outlier.as_ref().is_some_and(|o| o.is_ejected(e.address));
         let fits = |i: usize| -> bool {
             let (Some(cfg), Some(ep)) = (

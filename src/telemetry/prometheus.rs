@@ -439,6 +439,14 @@ impl Registry {
         );
         family!(
             clusters,
+            "envoy_cluster_lb_healthy_panic",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.lb_healthy_panic.get()
+        );
+        family!(
+            clusters,
             "envoy_cluster_membership_total",
             "gauge",
             "envoy_cluster_name",

@@ -144,6 +144,8 @@ pub struct ClusterStats {
     pub upstream_rq_retry_limit_exceeded: Counter,
     pub upstream_rq_retry_backoff_exponential: Counter,
     pub retry_or_shadow_abandoned: Counter,
+    /// Picks made in panic mode (a priority below `healthy_panic_threshold`).
+    pub lb_healthy_panic: Counter,
     pub membership_total: Gauge,
     pub membership_healthy: Gauge,
 }
