@@ -95,6 +95,9 @@ fn one_route(cluster: &str) -> String {
     )
 }
 
+/// Builds a request carrying a hash key.
+type MakeRequest = fn(&str) -> http::Request<Full<Bytes>>;
+
 /// Sends `n` requests over one connection and counts answers by body.
 async fn tally(c: &mut H1, n: usize) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
@@ -178,7 +181,7 @@ async fn hash_balancers_keep_a_key_on_one_host() {
     let addr = p.listener("http").expect("listener");
     let mut c = H1::connect(addr).await;
 
-    let kinds: [(&str, fn(&str) -> http::Request<Full<Bytes>>); 3] = [
+    let kinds: [(&str, MakeRequest); 3] = [
         ("header", |k| {
             let mut r = get("svc", "/header");
             r.headers_mut().insert("x-user", k.parse().expect("value"));
@@ -282,7 +285,7 @@ async fn panic_mode_balances_across_unhealthy_hosts_but_not_draining_ones() {
 async fn priority_failover_follows_the_overprovisioning_factor() {
     let (bad, bad_hits) = host("bad", 503, Duration::ZERO).await;
     let (p0_good, _) = healthy("p0").await;
-    let (p1, p1_hits) = healthy("p1").await;
+    let (p1, _) = healthy("p1").await;
     let outlier = "\n    outlier_detection: { consecutive_5xx: 3, max_ejection_percent: 100 }";
     let clusters = cluster_with("svc", outlier, &[(0, ep(bad, "") + &ep(p0_good, "")), (1, ep(p1, ""))]);
     let p = proxy(&http_bootstrap(&one_route("svc"), &clusters)).await;

@@ -837,3 +837,56 @@ async fn the_push_api_replaces_the_snapshot_and_lists_acks() {
     drop(tx);
     served.shutdown().await;
 }
+
+/// The canary fixture as Istio generates it for a DestinationRule with
+/// subsets (LEAST_REQUEST, outlier detection, circuit breakers on both EDS
+/// clusters): remora ACKs every resource, as Envoy 1.40 does, pins
+/// `x-canary: true` to v2 and splits the rest 80/20 by `weighted_clusters`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remora_takes_the_canary_subsets_and_splits_80_20() {
+    let v1 = upstream("v1").await;
+    let v2 = upstream("v2").await;
+    let dir = TempDir::copy_of("canary");
+    dir.edit("listener.yaml", |t| {
+        t.replace("port_value: 9080", "port_value: 0")
+            .replace("address: 0.0.0.0", "address: 127.0.0.1")
+    });
+    dir.edit("endpoints.yaml", |t| {
+        t.replace("port_value: 19081", &format!("port_value: {}", v1.addr.port()))
+            .replace("port_value: 19082", &format!("port_value: {}", v2.addr.port()))
+    });
+    let served = serve(ControlPlane::from_dir(&dir.0).expect("loads")).await;
+    let (proxy, stop) = remora_client_with(&served, "GRPC").await;
+    for (what, type_url) in [("CDS", CDS), ("EDS", EDS), ("LDS", LDS), ("RDS", RDS)] {
+        let answer = served
+            .record(&format!("remora's {what} answer"), |r| r.type_url == type_url)
+            .await;
+        assert_eq!(answer.error, None, "{what} NACKed");
+    }
+    let listener = eventually("the 9080 listener", || {
+        let addr = proxy.listener("0.0.0.0_9080");
+        async move { addr }
+    })
+    .await;
+    let mut c = eventually("a routed request", || async move {
+        let mut c = H1::connect(listener).await;
+        (c.get("reviews:9080", "/").await.status == 200).then_some(c)
+    })
+    .await;
+    let mut canary = get("reviews:9080", "/");
+    canary.headers_mut().insert("x-canary", "true".parse().expect("value"));
+    assert_eq!(c.send(canary).await.json()["upstream"], "v2");
+    let mut to_v2 = 0;
+    for _ in 0..500 {
+        if c.get("reviews:9080", "/").await.json()["upstream"] == "v2" {
+            to_v2 += 1;
+        }
+    }
+    // 20% of 500 is 100, standard deviation about 9: 60..=140 is over 4 sigma.
+    assert!(
+        (60..=140).contains(&to_v2),
+        "{to_v2} of 500 went to v2, expected about 100"
+    );
+    stop.cancel();
+    served.shutdown().await;
+}
