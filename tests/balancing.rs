@@ -243,6 +243,9 @@ async fn weights_and_health_status_shape_the_split() {
     let light_n = seen.get("light").copied().unwrap_or(0);
     assert_eq!(heavy_n + light_n, 200, "only healthy hosts answer: {seen:?}");
     assert!((135..=165).contains(&heavy_n), "3:1 weights gave {seen:?}");
+    let admin = p.admin.expect("admin");
+    let clusters = H1::connect(admin).await.get("admin", "/clusters").await.text();
+    assert!(clusters.contains(&format!("svc::{heavy}::weight::3")), "{clusters}");
     assert_eq!(draining_hits.load(Ordering::SeqCst), 0);
     assert_eq!(sick_hits.load(Ordering::SeqCst), 0);
 }
@@ -270,6 +273,15 @@ async fn panic_mode_balances_across_unhealthy_hosts_but_not_draining_ones() {
     assert_eq!(seen.get("u2").copied().unwrap_or(0), 20, "{seen:?}");
     assert_eq!(draining_hits.load(Ordering::SeqCst), 0);
     let admin = p.admin.expect("admin");
+    // /clusters shows each host's flags as Envoy 1.40 does for these statuses.
+    let clusters = H1::connect(admin).await.get("admin", "/clusters").await.text();
+    for line in [
+        format!("svc::{u1}::health_flags::/failed_eds_health"),
+        format!("svc::{u2}::health_flags::/failed_eds_health"),
+        format!("svc::{draining}::health_flags::/eds_status_draining"),
+    ] {
+        assert!(clusters.contains(&line), "missing {line}:\n{clusters}");
+    }
     let stats = H1::connect(admin).await.get("admin", "/stats/prometheus").await.text();
     assert!(
         stats.contains("envoy_cluster_lb_healthy_panic{envoy_cluster_name=\"svc\"} 40"),
@@ -307,6 +319,32 @@ async fn priority_failover_follows_the_overprovisioning_factor() {
     // One of two P0 hosts ejected: P0 carries 70%, P1 30%.
     let seen = tally(&mut c, 400).await;
     assert_eq!(bad_hits.load(Ordering::SeqCst), 3, "the ejected host gets nothing");
+    let admin = p.admin.expect("admin");
+    let clusters = H1::connect(admin).await.get("admin", "/clusters").await.text();
+    for line in [
+        format!("svc::{bad}::health_flags::/failed_outlier_check"),
+        format!("svc::{p0_good}::health_flags::healthy"),
+        format!("svc::{p1}::priority::1"),
+    ] {
+        assert!(clusters.contains(&line), "missing {line}:\n{clusters}");
+    }
+    let json = H1::connect(admin)
+        .await
+        .get("admin", "/clusters?format=json")
+        .await
+        .json();
+    let bad_status = json["cluster_statuses"][0]["host_statuses"]
+        .as_array()
+        .and_then(|hosts| {
+            hosts
+                .iter()
+                .find(|h| h["address"]["socket_address"]["port_value"] == bad.port())
+        })
+        .map(|h| h["health_status"].clone());
+    assert_eq!(
+        bad_status,
+        Some(serde_json::json!({ "eds_health_status": "HEALTHY", "failed_outlier_check": true }))
+    );
     let p1_n = seen.get("p1").copied().unwrap_or(0);
     assert_eq!(seen.get("p0").copied().unwrap_or(0) + p1_n, 400, "{seen:?}");
     assert!(

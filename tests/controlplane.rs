@@ -887,6 +887,15 @@ async fn remora_takes_the_canary_subsets_and_splits_80_20() {
         (60..=140).contains(&to_v2),
         "{to_v2} of 500 went to v2, expected about 100"
     );
+    // /clusters tells CDS clusters from the bootstrap's, as Envoy's added_via_api.
+    let admin = proxy.admin.expect("admin");
+    let clusters = H1::connect(admin).await.get("admin", "/clusters").await.text();
+    for line in [
+        "outbound|9080|v1|reviews.default.svc.cluster.local::added_via_api::true",
+        "xds::added_via_api::false",
+    ] {
+        assert!(clusters.contains(line), "missing {line}:\n{clusters}");
+    }
     stop.cancel();
     served.shutdown().await;
 }

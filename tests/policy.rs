@@ -96,6 +96,12 @@ async fn retries_turn_a_failing_hosts_503s_into_200s() {
         let r = c.get("svc", "/").await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
         assert_eq!(r.json()["upstream"], "good");
+        assert_eq!(
+            r.upstream_header("x-envoy-attempt-count"),
+            None,
+            "Envoy sends the attempt count only with include_request_attempt_count"
+        );
+        assert_eq!(r.header("x-envoy-attempt-count"), None);
     }
     assert!(
         bad_hits.load(Ordering::SeqCst) >= 5,
@@ -190,7 +196,8 @@ async fn a_failing_host_is_ejected_and_returns() {
 }
 
 /// Envoy: with `max_requests: 1`, a second concurrent request overflows:
-/// 503 with `x-envoy-overloaded: true`, counted in upstream_rq_pending_overflow.
+/// 503 with `x-envoy-overloaded: true`, counted in upstream_rq_active_overflow
+/// (Envoy 1.40 counts it there and not in upstream_rq_pending_overflow).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_overflows_the_circuit_breaker() {
     let up = upstream("slow").await;
@@ -216,10 +223,48 @@ async fn a_burst_overflows_the_circuit_breaker() {
     assert_eq!(r.header("x-envoy-overloaded"), Some("true"));
     assert!(r.text().contains("overflow"), "{}", r.text());
     assert_eq!(slow.await.expect("slow request"), 200);
-    assert_eq!(metric(admin, "envoy_cluster_upstream_rq_pending_overflow").await, 1.0);
+    assert_eq!(metric(admin, "envoy_cluster_upstream_rq_active_overflow").await, 1.0);
+    assert_eq!(metric(admin, "envoy_cluster_upstream_rq_pending_overflow").await, 0.0);
     assert_eq!(
         H1::connect(front).await.get("svc", "/").await.status,
         200,
         "the slot is free again"
     );
+}
+
+/// Envoy: a virtual host's `include_request_attempt_count` puts
+/// `x-envoy-attempt-count` on every upstream try (1 on the first, 2 on the
+/// retry) and `include_attempt_count_in_response` returns the tries it took
+/// to the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_count_headers_when_the_virtual_host_asks() {
+    let good = upstream("good").await;
+    let (bad, bad_hits) = failing(503).await;
+    let hcm = r#"route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    include_request_attempt_count: true
+    include_attempt_count_in_response: true
+    routes:
+    - match: { prefix: / }
+      route:
+        cluster: svc
+        retry_policy: { retry_on: 5xx, num_retries: 2 }"#;
+    let p = proxy(&http_bootstrap(hcm, &cluster("svc", &[bad, good.addr], false, ""))).await;
+    let mut c = H1::connect(p.listener("http").expect("listener")).await;
+    for i in 0..6 {
+        let before = bad_hits.load(Ordering::SeqCst);
+        let r = c.get("svc", "/").await;
+        assert_eq!(r.status, 200, "request {i}");
+        // Tries: the bad host's (0 or 1, then the retry went to the good one) plus the good one's.
+        let tries = (bad_hits.load(Ordering::SeqCst) - before + 1).to_string();
+        assert_eq!(
+            r.upstream_header("x-envoy-attempt-count"),
+            Some(tries.clone()),
+            "request {i}"
+        );
+        assert_eq!(r.header("x-envoy-attempt-count"), Some(tries.as_str()), "request {i}");
+    }
+    assert!(bad_hits.load(Ordering::SeqCst) >= 1, "round robin reached the bad host");
 }

@@ -5,6 +5,7 @@
 use std::{
     convert::Infallible,
     fmt::Write as _,
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
         Arc,
@@ -21,7 +22,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{balance::ClusterMap, config, telemetry::stats::Registry};
+use crate::{
+    balance::{ClusterMap, ClusterRuntime},
+    config::{self, HealthStatus},
+    telemetry::stats::Registry,
+};
 
 pub struct AdminState {
     pub registry: Arc<Registry>,
@@ -148,14 +153,26 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Envoy's `/clusters` text: `cluster::host:port::stat::value`.
+/// Envoy's `/clusters` text: `cluster::host:port::stat::value`, in Envoy's
+/// order (checked against Envoy 1.40's output for the same hosts).
 fn clusters_text(clusters: &ClusterMap) -> String {
     let mut out = String::new();
     for c in clusters.iter() {
         let n = c.name();
-        let _ = writeln!(out, "{n}::default_priority::max_connections::1024");
-        let _ = writeln!(out, "{n}::added_via_api::false");
-        for e in &c.endpoints {
+        let _ = writeln!(out, "{n}::observability_name::{n}");
+        let breakers = &c.config.circuit_breakers;
+        for (priority, t) in [("default", &breakers.default), ("high", &breakers.high)] {
+            let _ = writeln!(out, "{n}::{priority}_priority::max_connections::{}", t.max_connections);
+            let _ = writeln!(
+                out,
+                "{n}::{priority}_priority::max_pending_requests::{}",
+                t.max_pending_requests
+            );
+            let _ = writeln!(out, "{n}::{priority}_priority::max_requests::{}", t.max_requests);
+            let _ = writeln!(out, "{n}::{priority}_priority::max_retries::{}", t.max_retries);
+        }
+        let _ = writeln!(out, "{n}::added_via_api::{}", c.config.added_via_api);
+        for (e, cfg) in c.endpoints.iter().zip(&c.config.endpoints) {
             let a = e.address;
             let s = &e.stats;
             let _ = writeln!(out, "{n}::{a}::cx_active::{}", s.cx_active.get());
@@ -165,10 +182,42 @@ fn clusters_text(clusters: &ClusterMap) -> String {
             let _ = writeln!(out, "{n}::{a}::rq_success::{}", s.rq_success.get());
             let _ = writeln!(out, "{n}::{a}::rq_timeout::{}", s.rq_timeout.get());
             let _ = writeln!(out, "{n}::{a}::rq_total::{}", s.rq_total.get());
-            let _ = writeln!(out, "{n}::{a}::health_flags::healthy");
+            let _ = writeln!(out, "{n}::{a}::hostname::");
+            let _ = writeln!(out, "{n}::{a}::health_flags::{}", health_flags(c, a, cfg.health));
+            let _ = writeln!(out, "{n}::{a}::weight::{}", cfg.weight);
+            let _ = writeln!(out, "{n}::{a}::priority::{}", cfg.priority);
         }
     }
     out
+}
+
+/// Envoy's host health flags: `healthy`, or the failing ones joined by `|`.
+fn health_flags(c: &ClusterRuntime, host: SocketAddr, eds: HealthStatus) -> String {
+    let mut flags = Vec::new();
+    if c.outlier.as_ref().is_some_and(|o| o.is_ejected(host)) {
+        flags.push("/failed_outlier_check");
+    }
+    match eds {
+        HealthStatus::Unhealthy | HealthStatus::Timeout => flags.push("/failed_eds_health"),
+        HealthStatus::Degraded => flags.push("/degraded_eds_health"),
+        HealthStatus::Draining => flags.push("/eds_status_draining"),
+        HealthStatus::Healthy | HealthStatus::Unknown => {}
+    }
+    if flags.is_empty() {
+        "healthy".to_string()
+    } else {
+        flags.join("|")
+    }
+}
+
+/// Envoy's `HostHealthStatus.eds_health_status` (TIMEOUT reads as UNHEALTHY, as in Envoy 1.40).
+fn eds_health_name(h: HealthStatus) -> &'static str {
+    match h {
+        HealthStatus::Unknown | HealthStatus::Healthy => "HEALTHY",
+        HealthStatus::Unhealthy | HealthStatus::Timeout => "UNHEALTHY",
+        HealthStatus::Draining => "DRAINING",
+        HealthStatus::Degraded => "DEGRADED",
+    }
 }
 
 fn clusters_json(clusters: &ClusterMap) -> serde_json::Value {
@@ -178,24 +227,45 @@ fn clusters_json(clusters: &ClusterMap) -> serde_json::Value {
             let hosts: Vec<_> = c
                 .endpoints
                 .iter()
-                .map(|e| {
+                .zip(&c.config.endpoints)
+                .map(|(e, cfg)| {
                     let s = &e.stats;
-                    serde_json::json!({
-                        "address": e.address.to_string(),
-                        "stats": {
-                            "cx_active": s.cx_active.get(),
-                            "cx_connect_fail": s.cx_connect_fail.get(),
-                            "rq_active": s.rq_active.get(),
-                            "rq_error": s.rq_error.get(),
-                            "rq_success": s.rq_success.get(),
-                            "rq_timeout": s.rq_timeout.get(),
-                            "rq_total": s.rq_total.get(),
-                        },
-                        "health_status": "HEALTHY",
-                    })
+                    let counter = |name: &str, v: u64| serde_json::json!({ "name": name, "value": v });
+                    let gauge = |name: &str, v: i64| serde_json::json!({ "type": "GAUGE", "name": name, "value": v });
+                    let mut health = serde_json::json!({ "eds_health_status": eds_health_name(cfg.health) });
+                    if c.outlier.as_ref().is_some_and(|o| o.is_ejected(e.address)) {
+                        health["failed_outlier_check"] = serde_json::Value::Bool(true);
+                    }
+                    let mut host = serde_json::json!({
+                        "address": { "socket_address": {
+                            "address": e.address.ip().to_string(),
+                            "port_value": e.address.port(),
+                        } },
+                        "stats": [
+                            counter("cx_connect_fail", s.cx_connect_fail.get()),
+                            counter("rq_error", s.rq_error.get()),
+                            counter("rq_success", s.rq_success.get()),
+                            counter("rq_timeout", s.rq_timeout.get()),
+                            counter("rq_total", s.rq_total.get()),
+                            gauge("cx_active", s.cx_active.get()),
+                            gauge("rq_active", s.rq_active.get()),
+                        ],
+                        "health_status": health,
+                        "weight": cfg.weight,
+                        "locality": {},
+                    });
+                    if cfg.priority != 0 {
+                        host["priority"] = cfg.priority.into();
+                    }
+                    host
                 })
                 .collect();
-            serde_json::json!({ "name": c.name(), "host_statuses": hosts })
+            serde_json::json!({
+                "name": c.name(),
+                "observability_name": c.name(),
+                "added_via_api": c.config.added_via_api,
+                "host_statuses": hosts,
+            })
         })
         .collect();
     serde_json::json!({ "cluster_statuses": list })

@@ -249,6 +249,8 @@ pub struct Cluster {
     pub panic_threshold: f64,
     /// The load assignment's `policy.overprovisioning_factor`, percent (default 140).
     pub overprovisioning_factor: u32,
+    /// Delivered by CDS rather than the bootstrap (`/clusters`' `added_via_api`).
+    pub added_via_api: bool,
 }
 
 impl Cluster {
@@ -268,6 +270,7 @@ impl Cluster {
             lb: LbPolicy::RoundRobin,
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
+            added_via_api: false,
         }
     }
 }

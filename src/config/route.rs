@@ -173,6 +173,18 @@ pub struct ForwardAction {
     /// `hash_policy`: what ring hash and maglev clusters hash a request by.
     #[serde(serialize_with = "super::ser_debug")]
     pub hash_policy: Vec<super::HashPolicy>,
+    /// The virtual host's `include_request_attempt_count` and
+    /// `include_attempt_count_in_response`.
+    pub attempt_count: AttemptCount,
+}
+
+/// Where `x-envoy-attempt-count` goes; Envoy's default is nowhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AttemptCount {
+    /// On every upstream request: 1 for the first try, +1 per retry.
+    pub request: bool,
+    /// On the downstream response: how many tries it took.
+    pub response: bool,
 }
 
 impl ForwardAction {

@@ -252,7 +252,15 @@ async fn send(cluster: Arc<ClusterRuntime>, req: Request<RequestBody>, timeout: 
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut host = None;
     // No retries, and no hash policy: Envoy's shadow goes through a route of its own.
-    let sent = upstream::forward(&cluster, req, None, timeout, None, &mut host);
+    let sent = upstream::forward(
+        &cluster,
+        req,
+        upstream::SendOptions {
+            route_timeout: timeout,
+            ..Default::default()
+        },
+        &mut host,
+    );
     let stats = &cluster.stats;
     match upstream::with_deadline(deadline, sent).await {
         Ok(Forwarded {

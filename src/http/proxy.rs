@@ -392,6 +392,10 @@ impl HttpProxy {
         let result = if upgrade.is_some() {
             // An upgrade is one attempt on a connection of its own.
             let downstream_upgrade = hyper::upgrade::on(&mut req);
+            if action.attempt_count.request {
+                req.headers_mut()
+                    .insert(upstream::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(1u32));
+            }
             let Some(endpoint) = cluster.pick() else {
                 cstats.upstream_cx_none_healthy.inc();
                 return Err(fail(ProxyError::NoHealthyUpstream, at));
@@ -400,7 +404,7 @@ impl HttpProxy {
             cstats.upstream_rq_total.inc();
             endpoint.stats.rq_total.inc();
             let Some(slot) = cluster.breaker.try_request() else {
-                cstats.upstream_rq_pending_overflow.inc();
+                cstats.upstream_rq_active_overflow.inc();
                 return Err(fail(ProxyError::Overflow("max_requests"), at));
             };
             let held = Held {
@@ -415,6 +419,7 @@ impl HttpProxy {
                         release: Release::None,
                         endpoint: endpoint.clone(),
                         held,
+                        attempts: 1,
                     },
                     Some(downstream_upgrade),
                 )
@@ -446,14 +451,13 @@ impl HttpProxy {
                 },
             );
             let req = req.map(|body| RequestBody::Stream(Downstream::new(body, timers.clone(), mirrors)));
-            let sent = upstream::forward(
-                &cluster,
-                req,
-                action.retry.as_deref(),
+            let opts = upstream::SendOptions {
+                retry: action.retry.as_deref(),
                 route_timeout,
                 hash,
-                &mut outcome.upstream,
-            );
+                attempt_count_header: action.attempt_count.request,
+            };
+            let sent = upstream::forward(&cluster, req, opts, &mut outcome.upstream);
             upstream::with_deadline(deadline, sent).await.map(|f| (f, None))
         };
         let (forwarded, downstream_upgrade) = match result {
@@ -471,6 +475,7 @@ impl HttpProxy {
             release,
             endpoint: _,
             held,
+            attempts,
         } = forwarded;
         let status = resp.status();
         cstats.response(status.as_u16());
@@ -485,6 +490,10 @@ impl HttpProxy {
         if !self.hcm.suppress_envoy_headers {
             let ms = upstream_started.elapsed().as_millis() as u64;
             resp.headers_mut().insert(&X_ENVOY_UPSTREAM_TIME, HeaderValue::from(ms));
+        }
+        if action.attempt_count.response {
+            resp.headers_mut()
+                .insert(upstream::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempts));
         }
         let (parts, body) = resp.into_parts();
         let body = if upgraded {

@@ -33,6 +33,20 @@ pub struct Forwarded {
     pub release: Release,
     pub endpoint: Arc<EndpointPool>,
     pub held: Held,
+    /// Tries it took, for `include_attempt_count_in_response`.
+    pub attempts: u32,
+}
+
+/// How a request goes upstream: what its route says about retries, its
+/// timeout, its hash for ring hash and maglev, and the attempt count header.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendOptions<'a> {
+    pub retry: Option<&'a RetryPolicy>,
+    pub route_timeout: Option<Duration>,
+    pub hash: Option<u64>,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` on every
+    /// try (1, 2, ...). Envoy's default is not to send it.
+    pub attempt_count_header: bool,
 }
 
 /// What a request holds until its response body ends: its slot of the
@@ -43,21 +57,28 @@ pub struct Held {
     pub host_active: HostActive,
 }
 
+pub const X_ENVOY_ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
+
 /// Sends `req` to `cluster` under its circuit breaker, outlier detection
 /// and the route's retry policy. `upstream` is set to each endpoint tried
 /// (the last one is what the access log shows).
 pub async fn forward(
     cluster: &ClusterRuntime,
-    req: Request<RequestBody>,
-    retry: Option<&RetryPolicy>,
-    route_timeout: Option<Duration>,
-    hash: Option<u64>,
+    mut req: Request<RequestBody>,
+    opts: SendOptions<'_>,
     upstream: &mut Option<SocketAddr>,
 ) -> Result<Forwarded, ProxyError> {
+    let SendOptions {
+        retry,
+        route_timeout,
+        hash,
+        attempt_count_header,
+    } = opts;
     let cstats = &cluster.stats;
-    // Envoy counts max_requests overflow as a pending overflow too.
+    // Envoy 1.38+ counts a max_requests refusal as an active overflow only
+    // (checked against Envoy 1.40: upstream_rq_active_overflow 1, pending 0).
     let Some(request_slot) = cluster.breaker.try_request() else {
-        cstats.upstream_rq_pending_overflow.inc();
+        cstats.upstream_rq_active_overflow.inc();
         return Err(ProxyError::Overflow("max_requests"));
     };
     let _rq_active = ActiveGuard::new(&cstats.upstream_rq_active);
@@ -65,6 +86,9 @@ pub async fn forward(
 
     let Some(policy) = retry else {
         // No retry policy: one attempt, the body streamed through.
+        if attempt_count_header {
+            req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(1u32));
+        }
         let (endpoint, result) = attempt(cluster, req, None, hash, |_| true, upstream).await;
         let (endpoint, host_active) = endpoint?;
         let (resp, release) = result?;
@@ -76,6 +100,7 @@ pub async fn forward(
                 request_slot,
                 host_active,
             },
+            attempts: 1,
         });
     };
 
@@ -104,9 +129,9 @@ pub async fn forward(
             None => return Err(ProxyError::UpstreamReset("request body cannot be replayed".into())),
         };
         let mut req = Request::from_parts(clone_parts(&parts), body);
-        if state.attempt_count() > 1 {
+        if attempt_count_header {
             req.headers_mut()
-                .insert("x-envoy-attempt-count", HeaderValue::from(state.attempt_count()));
+                .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(state.attempt_count()));
         }
         let (endpoint, result) = attempt(cluster, req, per_try, hash, |a| state.host_ok(a), upstream).await;
         if let Ok((ep, _)) = &endpoint {
@@ -144,6 +169,7 @@ pub async fn forward(
                         request_slot,
                         host_active,
                     },
+                    attempts: state.attempt_count(),
                 });
             }
         }
@@ -168,19 +194,27 @@ async fn attempt(
     let host_active = HostActive::new(&endpoint.stats);
     *upstream = Some(endpoint.address);
     let cstats = &cluster.stats;
-    cstats.upstream_rq_total.inc();
-    endpoint.stats.rq_total.inc();
-    let sent = endpoint.send(req);
-    let result = match per_try {
-        Some(t) => match tokio::time::timeout(t, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                cstats.upstream_rq_per_try_timeout.inc();
-                endpoint.stats.rq_timeout.inc();
-                Err(ProxyError::UpstreamTimeout)
+    // As Envoy's onPoolReady: a request counts in upstream_rq_total, and its
+    // per-try timeout starts, once the pool has given it a connection or
+    // stream; the wait for one is bounded by the route timeout alone.
+    let result = match endpoint.checkout().await {
+        Err(e) => Err(e),
+        Ok(lease) => {
+            cstats.upstream_rq_total.inc();
+            endpoint.stats.rq_total.inc();
+            let sent = lease.send(req);
+            match per_try {
+                Some(t) => match tokio::time::timeout(t, sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        cstats.upstream_rq_per_try_timeout.inc();
+                        endpoint.stats.rq_timeout.inc();
+                        Err(ProxyError::UpstreamTimeout)
+                    }
+                },
+                None => sent.await,
             }
-        },
-        None => sent.await,
+        }
     };
     if let Some(o) = &cluster.outlier {
         let observed = match &result {

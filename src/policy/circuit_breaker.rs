@@ -234,8 +234,8 @@ impl Breaker {
     }
 
     /// A request starting on an upstream stream. Overflow: as `try_pending`,
-    /// and Envoy counts it as `upstream_rq_pending_overflow` too
-    /// (conn_pool_base.cc `attachStreamToClient`: "max streams overflow").
+    /// counted as `upstream_rq_active_overflow` (Envoy 1.38+; earlier
+    /// versions counted it as `upstream_rq_pending_overflow`).
     pub fn try_request(&self) -> Option<RequestGuard> {
         let max = u64::from(self.inner.limits.max_requests);
         admit(&self.inner.requests, max).then(|| RequestGuard(self.inner.clone()))

@@ -335,6 +335,14 @@ impl Registry {
         );
         family!(
             clusters,
+            "envoy_cluster_upstream_rq_active_overflow",
+            "counter",
+            "envoy_cluster_name",
+            name,
+            |s| s.upstream_rq_active_overflow.get()
+        );
+        family!(
+            clusters,
             "envoy_cluster_upstream_rq_pending_total",
             "counter",
             "envoy_cluster_name",

@@ -130,6 +130,8 @@ pub struct ClusterStats {
     /// Connections closed for reaching `max_requests_per_connection`.
     pub upstream_cx_max_requests: Counter,
     pub upstream_rq_pending_overflow: Counter,
+    /// Requests refused by `max_requests` (Envoy 1.38+; before, they counted as pending overflow).
+    pub upstream_rq_active_overflow: Counter,
     /// Requests that waited in a pool for a connection or stream.
     pub upstream_rq_pending_total: Counter,
     pub upstream_rq_pending_active: Gauge,

@@ -23,10 +23,9 @@ const MAX_BURST: u64 = 400;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The instance that holds requests.
 const HOLDING: &str = "details";
-/// Where a `max_requests` refusal is counted: in the first before Envoy 1.38
-/// (and in remora so far), in the second since (Envoy's runtime guard
-/// `envoy.reloadable_features.skip_pending_overflow_count_on_active_rq`).
-/// The scene adds them up, as an operator watching both versions would.
+/// Where a `max_requests` refusal is counted: in the first before Envoy 1.38,
+/// in the second since (and in remora). The scene adds them up, as an
+/// operator watching both Envoy versions would.
 const OVERFLOW_STATS: [&str; 2] = ["upstream_rq_pending_overflow", "upstream_rq_active_overflow"];
 
 /// Scene 4: prints what was configured, runs the burst, returns what was not as configured.

@@ -104,7 +104,13 @@ impl State {
                         continue;
                     }
                     // An invalid update keeps the cluster's last good version (Envoy).
-                    if let Some(c) = result.map(Arc::new).or_else(|| self.clusters.get(&name).cloned()) {
+                    let fresh = result.map(|c| {
+                        Arc::new(config::Cluster {
+                            added_via_api: true,
+                            ..c
+                        })
+                    });
+                    if let Some(c) = fresh.or_else(|| self.clusters.get(&name).cloned()) {
                         next.insert(name, c);
                     }
                 }

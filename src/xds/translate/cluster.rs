@@ -152,6 +152,7 @@ pub fn cluster(mut m: Msg<'_, '_>) -> Option<config::Cluster> {
         lb,
         panic_threshold,
         overprovisioning_factor: assignment.overprovisioning_factor,
+        added_via_api: false,
     })
 }
 

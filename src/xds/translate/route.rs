@@ -19,6 +19,7 @@ pub fn route_config(mut m: Msg<'_, '_>) -> Option<config::RouteConfig> {
     let inherited = Inherited {
         retry: None,
         mirrors: mirror_policies(&mut m),
+        attempt_count: config::AttemptCount::default(),
     };
     m.ignore("validate_clusters");
     m.ignore("max_direct_response_body_size_bytes");
@@ -57,6 +58,7 @@ pub fn route_config(mut m: Msg<'_, '_>) -> Option<config::RouteConfig> {
 struct Inherited {
     retry: Option<Arc<RetryPolicy>>,
     mirrors: Vec<MirrorPolicy>,
+    attempt_count: config::AttemptCount,
 }
 
 /// `request_mirror_policies` of a route configuration, virtual host or route.
@@ -99,6 +101,10 @@ fn virtual_host(mut m: Msg<'_, '_>, from_config: &Inherited) -> Option<config::V
             from_config.mirrors.clone()
         } else {
             mirrors
+        },
+        attempt_count: config::AttemptCount {
+            request: m.bool("include_request_attempt_count"),
+            response: m.bool("include_attempt_count_in_response"),
         },
     };
     let routes = m
@@ -381,6 +387,7 @@ fn route_action(mut m: Msg<'_, '_>, inherited: &Inherited) -> Option<ForwardActi
             mirrors
         },
         hash_policy,
+        attempt_count: inherited.attempt_count,
     })
 }
 
