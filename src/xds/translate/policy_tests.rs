@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::config::{
-    Bootstrap, ForwardAction, HttpConnectionManager, MirrorHost, MirrorTarget, NetworkFilter, RouteAction,
+    AttemptCount, Bootstrap, ForwardAction, HttpConnectionManager, MirrorHost, MirrorTarget, NetworkFilter, RouteAction,
 };
 use crate::policy::{
     fault::FractionalPercent,
@@ -165,6 +165,25 @@ fn virtual_host_retry_policy_is_inherited_whole() {
     assert_eq!(p.retry_on, retry_on::parse("connect-failure").unwrap());
 }
 
+// Envoy: x-envoy-attempt-count is sent upstream only with the virtual host's
+// include_request_attempt_count, and returned downstream only with
+// include_attempt_count_in_response; both default to false.
+#[test]
+fn attempt_count_flags_come_from_the_virtual_host() {
+    let b = parse(&with_levels("route: { cluster: c }", "", ""));
+    assert_eq!(action(&b).attempt_count, AttemptCount::default());
+    let vh =
+        "              include_request_attempt_count: true\n              include_attempt_count_in_response: true\n";
+    let b = parse(&with_levels("route: { cluster: c }", vh, ""));
+    assert_eq!(
+        action(&b).attempt_count,
+        AttemptCount {
+            request: true,
+            response: true
+        }
+    );
+}
+
 // Envoy: the most specific non-empty mirror list wins whole (route, then
 // virtual host, then route configuration); runtime_fraction's default value is
 // the fraction; the host gets "-shadow" unless disabled or rewritten.
@@ -235,6 +254,11 @@ fn bad_input_names_the_field_path() {
             "invalid duration",
             msd("grpc_timeout_header_max: 5x"),
             "grpc_timeout_header_max".to_string(),
+        ),
+        (
+            "HIGH routing priority",
+            bootstrap("route: { cluster: c, priority: HIGH }", ""),
+            format!("{ROUTE0}.route.priority: HIGH routing priority (its own circuit breaker thresholds) is not supported yet"),
         ),
         (
             "negative idle_timeout",

@@ -350,7 +350,14 @@ fn route_action(mut m: Msg<'_, '_>, inherited: &Inherited) -> Option<ForwardActi
         "INTERNAL_SERVER_ERROR" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
-    m.ignore("priority");
+    // Every request uses the DEFAULT priority's breaker thresholds; a HIGH
+    // route would silently share them, so it is refused until it has its own.
+    if m.enum_name("priority") == "HIGH" {
+        m.field_error(
+            "priority",
+            "HIGH routing priority (its own circuit breaker thresholds) is not supported yet",
+        );
+    }
     m.ignore("include_vh_rate_limits");
     // A route's own retry policy replaces the virtual host's whole.
     let retry = match m.msg("retry_policy") {
