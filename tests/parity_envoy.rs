@@ -283,6 +283,10 @@ static CASES: &[Case] = &[
            method: "POST", path: "/legacy-grpc/echo",
            headers: &[("content-type", "application/grpc"), ("grpc-timeout", "3S")], ..GET },
     Case { name: "per_try_timeout is the expected timeout", path: "/per-try/echo", ..GET },
+    Case { name: "include_request_attempt_count: 1 on the only try, in the response too",
+           host: "attempts.parity", path: "/echo/attempts", ..GET },
+    Case { name: "include_attempt_count_in_response: 3 after two retries of a 503",
+           host: "attempts.parity", path: "/status/503", ..GET },
     Case { name: "request_mirror_policies: the primary answers as if unmirrored", method: "POST",
            path: "/mirror/echo", body: ReqBody::Text("mirrored body"), ..GET },
 

@@ -268,3 +268,42 @@ async fn attempt_count_headers_when_the_virtual_host_asks() {
     }
     assert!(bad_hits.load(Ordering::SeqCst) >= 1, "round robin reached the bad host");
 }
+
+/// Envoy: a retry carries `x-envoy-expected-rq-timeout-ms` again, as what is
+/// left of the route timeout (`doRetry` calls `setTimeoutHeaders` with the
+/// elapsed time), so the upstream of a retry sees less than the first try's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_expects_what_is_left_of_the_route_timeout() {
+    let good = upstream("good").await;
+    let (bad, bad_hits) = failing(503).await;
+    let retry = "timeout: 2s\nretry_policy: { retry_on: 5xx, num_retries: 3 }";
+    let p = proxy(&http_bootstrap(
+        &route_with(retry),
+        &cluster("svc", &[bad, good.addr], false, ""),
+    ))
+    .await;
+    let mut c = H1::connect(p.listener("http").expect("listener")).await;
+    let mut retried = 0;
+    for i in 0..6 {
+        let before = bad_hits.load(Ordering::SeqCst);
+        let r = c.get("svc", "/").await;
+        assert_eq!(r.status, 200, "request {i}");
+        let expected: u64 = r
+            .upstream_header("x-envoy-expected-rq-timeout-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("request {i}: no expected timeout header"));
+        if bad_hits.load(Ordering::SeqCst) == before {
+            assert_eq!(
+                expected, 2000,
+                "request {i}: a first try expects the whole route timeout"
+            );
+        } else {
+            retried += 1;
+            assert!(
+                (1000..2000).contains(&expected),
+                "request {i}: a retry expects what is left, got {expected}"
+            );
+        }
+    }
+    assert!(retried >= 1, "round robin reached the failing host");
+}

@@ -15,7 +15,7 @@ use crate::{
 };
 
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+pub(crate) static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 
 /// The request's deadlines on `route`, and the stream idle timeout in force.
 pub fn route_limits(hcm: &HttpConnectionManager, route: &Route, headers: &HeaderMap) -> (Deadlines, Option<Duration>) {
@@ -39,6 +39,24 @@ pub fn route_limits(hcm: &HttpConnectionManager, route: &Route, headers: &Header
             },
             hcm.stream_idle_timeout,
         ),
+    }
+}
+
+/// A retry's `x-envoy-expected-rq-timeout-ms`, where the first try carried
+/// one: what is left of the route timeout `elapsed` into it, capped by the
+/// per-try timeout (Envoy's `doRetry` calls `setTimeoutHeaders` again).
+pub fn refresh_expected_timeout(
+    headers: &mut HeaderMap,
+    route: Option<Duration>,
+    per_try: Option<Duration>,
+    elapsed: Duration,
+) {
+    if !headers.contains_key(&X_ENVOY_EXPECTED_TIMEOUT) {
+        return;
+    }
+    if let Some(t) = grpc_timeout::expected_timeout(route, per_try, elapsed) {
+        let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        headers.insert(&X_ENVOY_EXPECTED_TIMEOUT, HeaderValue::from(ms));
     }
 }
 

@@ -82,7 +82,8 @@ pub async fn forward(
         return Err(ProxyError::Overflow("max_requests"));
     };
     let _rq_active = ActiveGuard::new(&cstats.upstream_rq_active);
-    let deadline = route_timeout.map(|t| Instant::now() + t);
+    let started = Instant::now();
+    let deadline = route_timeout.map(|t| started + t);
 
     let Some(policy) = retry else {
         // No retry policy: one attempt, the body streamed through.
@@ -132,6 +133,9 @@ pub async fn forward(
         if attempt_count_header {
             req.headers_mut()
                 .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(state.attempt_count()));
+        }
+        if state.attempt_count() > 1 {
+            super::timeouts::refresh_expected_timeout(req.headers_mut(), route_timeout, per_try, started.elapsed());
         }
         let (endpoint, result) = attempt(cluster, req, per_try, hash, |a| state.host_ok(a), upstream).await;
         if let Ok((ep, _)) = &endpoint {
