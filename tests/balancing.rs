@@ -252,10 +252,11 @@ async fn weights_and_health_status_shape_the_split() {
 
 /// Envoy: with fewer healthy hosts than `healthy_panic_threshold` (here all
 /// unhealthy) the priority is in panic and balances across all its hosts,
-/// except those EDS marks DRAINING, which never get new requests
-/// (`exclude_host_in_eds_status_draining`, on by default since Envoy 1.31).
+/// DRAINING ones included (checked against Envoy 1.40: a cluster of one
+/// DRAINING and one UNHEALTHY host splits requests 5/5 and counts
+/// `lb_healthy_panic`). Outside panic a DRAINING host gets nothing (above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panic_mode_balances_across_unhealthy_hosts_but_not_draining_ones() {
+async fn panic_mode_balances_across_every_host() {
     let (u1, _) = healthy("u1").await;
     let (u2, _) = healthy("u2").await;
     let (draining, draining_hits) = healthy("draining").await;
@@ -268,10 +269,11 @@ async fn panic_mode_balances_across_unhealthy_hosts_but_not_draining_ones() {
     ))
     .await;
     let mut c = H1::connect(p.listener("http").expect("listener")).await;
-    let seen = tally(&mut c, 40).await;
-    assert_eq!(seen.get("u1").copied().unwrap_or(0), 20, "{seen:?}");
-    assert_eq!(seen.get("u2").copied().unwrap_or(0), 20, "{seen:?}");
-    assert_eq!(draining_hits.load(Ordering::SeqCst), 0);
+    let seen = tally(&mut c, 39).await;
+    for host in ["u1", "u2", "draining"] {
+        assert_eq!(seen.get(host).copied().unwrap_or(0), 13, "{seen:?}");
+    }
+    assert_eq!(draining_hits.load(Ordering::SeqCst), 13);
     let admin = p.admin.expect("admin");
     // /clusters shows each host's flags as Envoy 1.40 does for these statuses.
     let clusters = H1::connect(admin).await.get("admin", "/clusters").await.text();
@@ -284,7 +286,7 @@ async fn panic_mode_balances_across_unhealthy_hosts_but_not_draining_ones() {
     }
     let stats = H1::connect(admin).await.get("admin", "/stats/prometheus").await.text();
     assert!(
-        stats.contains("envoy_cluster_lb_healthy_panic{envoy_cluster_name=\"svc\"} 40"),
+        stats.contains("envoy_cluster_lb_healthy_panic{envoy_cluster_name=\"svc\"} 39"),
         "panic picks are counted:\n{stats}"
     );
 }

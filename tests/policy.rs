@@ -307,3 +307,57 @@ async fn a_retry_expects_what_is_left_of_the_route_timeout() {
     }
     assert!(retried >= 1, "round robin reached the failing host");
 }
+
+/// Envoy: a host that never answers within the route timeout is reported to
+/// outlier detection (`onResponseTimeout` records a local-origin timeout,
+/// counted as a 504 when local-origin errors are not split), so a hanging
+/// host is ejected even without a per-try timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_teach_outlier_detection() {
+    let up = upstream("hanging").await;
+    let outlier = "\n    outlier_detection: { consecutive_5xx: 2, max_ejection_percent: 100 }";
+    let p = proxy(&http_bootstrap(
+        &route_with("timeout: 0.2s"),
+        &cluster("svc", &[up.addr], false, outlier),
+    ))
+    .await;
+    let mut c = H1::connect(p.listener("http").expect("listener")).await;
+    for i in 0..2 {
+        let r = c.get("svc", "/slow/3000").await;
+        assert_eq!(r.status, 504, "request {i}");
+    }
+    let admin = p.admin.expect("admin");
+    let clusters = H1::connect(admin).await.get("admin", "/clusters").await.text();
+    assert_eq!(
+        metric(admin, "envoy_cluster_outlier_detection_ejections_active").await,
+        1.0,
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains(&format!("svc::{}::rq_timeout::2", up.addr)),
+        "{clusters}"
+    );
+}
+
+/// Envoy: with no host to send to (here every host unhealthy and panic
+/// disabled) the router answers 503 "no healthy upstream" at once; it never
+/// retries that, whatever `retry_on` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_upstream_is_not_retried() {
+    let up = upstream("sick").await;
+    let clusters = format!(
+        "  - name: svc\n    type: STATIC\n    common_lb_config: {{ healthy_panic_threshold: {{ value: 0 }} }}\n    load_assignment:\n      cluster_name: svc\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n          health_status: UNHEALTHY\n",
+        up.addr.ip(),
+        up.addr.port()
+    );
+    let retry = "retry_policy: { retry_on: \"5xx,connect-failure,reset\", num_retries: 3 }";
+    let p = proxy(&http_bootstrap(&route_with(retry), &clusters)).await;
+    let mut c = H1::connect(p.listener("http").expect("listener")).await;
+    let r = c.get("svc", "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), "no healthy upstream");
+    let admin = p.admin.expect("admin");
+    assert_eq!(metric(admin, "envoy_cluster_upstream_rq_retry{").await, 0.0);
+    assert_eq!(metric(admin, "envoy_cluster_upstream_cx_none_healthy").await, 1.0);
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 0);
+}

@@ -150,8 +150,9 @@ pub struct Balancer {
 enum Kind {
     /// Round robin with equal weights: Envoy's unweighted index rotation.
     Rotation(AtomicUsize),
-    /// Weighted round robin: one precomputed EDF cycle of host indexes.
-    Sequence(AtomicUsize, Vec<u32>),
+    /// Weighted round robin: one precomputed EDF cycle of host indexes, and
+    /// the weights.
+    Sequence(AtomicUsize, Vec<u32>, Vec<u32>),
     /// Weighted round robin whose cycle is too long to precompute.
     Edf(EdfShards, Vec<u32>),
     /// Least request with equal weights: Envoy's N_CHOICES (P2C) sampling.
@@ -190,7 +191,7 @@ impl Balancer {
         let kind = match *policy {
             LbPolicy::RoundRobin if equal => Kind::Rotation(cursor()),
             LbPolicy::RoundRobin => match weighted_sequence(&weights) {
-                Some(slots) => Kind::Sequence(cursor(), slots),
+                Some(slots) => Kind::Sequence(cursor(), slots, weights),
                 None => Kind::Edf(EdfShards::new(&float_weights), weights),
             },
             LbPolicy::LeastRequest { choice_count, .. } if equal => Kind::Choices(choice_count.max(1)),
@@ -241,17 +242,19 @@ impl Balancer {
         }
         match &self.kind {
             Kind::Rotation(cursor) => walk_cycle(cursor, n, n, |slot| slot, eligible),
-            Kind::Sequence(cursor, slots) => {
+            Kind::Sequence(cursor, slots, weights) => {
                 walk_cycle(cursor, slots.len(), 2 * n, |slot| slots[slot] as usize, eligible)
-                    .or_else(|| scan_from(fastrand::usize(..n), n, eligible))
+                    .or_else(|| weighted_draw(n, |i| f64::from(weights[i]), eligible))
             }
             Kind::Edf(edf, weights) => edf
                 .pick(n, |i| f64::from(weights[i]), eligible)
-                .or_else(|| scan_from(fastrand::usize(..n), n, eligible)),
+                .or_else(|| weighted_draw(n, |i| f64::from(weights[i]), eligible)),
             Kind::Choices(choice_count) => least_of_choices(*choice_count, n, active, eligible),
-            Kind::WeightedLeastRequest(edf, weights, bias) => edf
-                .pick(n, |i| least_request_weight(weights[i], active(i), *bias), eligible)
-                .or_else(|| scan_from(fastrand::usize(..n), n, eligible)),
+            Kind::WeightedLeastRequest(edf, weights, bias) => {
+                let weight = |i: usize| least_request_weight(weights[i], active(i), *bias);
+                edf.pick(n, weight, eligible)
+                    .or_else(|| weighted_draw(n, weight, eligible))
+            }
             Kind::Random => (0..RANDOM_DRAWS)
                 .map(|_| fastrand::usize(..n))
                 .find(|&i| eligible(i))
@@ -265,6 +268,29 @@ impl Balancer {
 /// The first eligible host at or after `start`, wrapping once round the list.
 fn scan_from(start: usize, n: usize, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
     (0..n).map(|k| (start + k) % n).find(|&i| eligible(i))
+}
+
+/// A draw among the eligible hosts in proportion to `weight`, for when a
+/// schedule's bounded walk met only ineligible hosts (a heavy host ejected
+/// fills most of the cycle): the hosts left keep their relative weights, as
+/// Envoy's schedule rebuilt over healthy hosts gives them. O(n), off the
+/// common path.
+fn weighted_draw(n: usize, weight: impl Fn(usize) -> f64, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let total: f64 = (0..n).filter(|&i| eligible(i)).map(&weight).sum();
+    if total.is_nan() || total <= 0.0 {
+        return scan_from(fastrand::usize(..n), n, eligible);
+    }
+    let mut point = fastrand::f64() * total;
+    let mut last = None;
+    for i in (0..n).filter(|&i| eligible(i)) {
+        let w = weight(i);
+        if point < w {
+            return Some(i);
+        }
+        point -= w;
+        last = Some(i);
+    }
+    last
 }
 
 /// Round robin over a cycle of `len` slots. Slots skipped for ineligible hosts

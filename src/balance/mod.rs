@@ -124,10 +124,14 @@ impl ClusterRuntime {
     /// (healthy hosts first, then degraded ones, all hosts in panic), then a
     /// host of that level by the cluster's balancer, skipping hosts whose
     /// health, ejection or `ok` (a retry's previous hosts) rules them out.
-    /// When `ok` rules out every candidate it is given up, as Envoy uses its
-    /// last pick after `host_selection_retry_max_attempts`. `hash` is the
-    /// request's hash for ring hash and maglev. Draining hosts never get a
-    /// request. None when the cluster has no host to use.
+    /// When `ok` rules out every candidate it is given up. Unlike Envoy, which
+    /// re-picks at most `host_selection_retry_max_attempts` times and then
+    /// keeps its last pick, this finds a host `ok` accepts whenever one is
+    /// eligible. `hash` is the
+    /// request's hash for ring hash and maglev. Draining hosts get requests
+    /// only in panic, as in Envoy 1.40 (checked: a cluster of one DRAINING and
+    /// one UNHEALTHY host splits its requests between them). None when the
+    /// cluster has no host to use.
     pub fn pick_where(&self, hash: Option<u64>, ok: impl Fn(SocketAddr) -> bool) -> Option<&Arc<EndpointPool>> {
         if self.endpoints.is_empty() {
             return None;
@@ -149,7 +153,7 @@ impl ClusterRuntime {
             match choice.hosts {
                 HostSubset::Healthy => cfg.health.routable() && !ejected(ep),
                 HostSubset::Degraded => cfg.health.degraded() && !ejected(ep),
-                HostSubset::All => cfg.health != HealthStatus::Draining,
+                HostSubset::All => true,
             }
         };
         let active = |i: usize| {
@@ -239,7 +243,9 @@ impl ClusterRuntime {
             loop {
                 tokio::time::sleep_until(detector.next_tick()).await;
                 let Some(rt) = me.upgrade() else { return };
-                let summary = detector.tick(tokio::time::Instant::now());
+                let Some(summary) = detector.tick_if_due(tokio::time::Instant::now()) else {
+                    continue;
+                };
                 for (host, why) in &summary.ejected {
                     tracing::info!(cluster = %rt.name(), %host, reason = why.as_str(), "outlier ejected");
                 }
@@ -277,6 +283,23 @@ impl HostActive {
 impl Drop for HostActive {
     fn drop(&mut self) {
         self.0.rq_active.dec();
+    }
+}
+
+/// A request counted in its cluster's `upstream_rq_active` until dropped
+/// (with the response body, as Envoy counts a request until its stream ends).
+pub struct ClusterActive(Arc<ClusterStats>);
+
+impl ClusterActive {
+    pub fn new(stats: &Arc<ClusterStats>) -> ClusterActive {
+        stats.upstream_rq_active.inc();
+        ClusterActive(stats.clone())
+    }
+}
+
+impl Drop for ClusterActive {
+    fn drop(&mut self) {
+        self.0.upstream_rq_active.dec();
     }
 }
 

@@ -31,7 +31,7 @@ use super::{
     upstream::{self, Forwarded, Held},
 };
 use crate::{
-    balance::{hash::request_hash, ClusterMap, ClusterRuntime, HostActive},
+    balance::{hash::request_hash, ClusterActive, ClusterMap, ClusterRuntime, HostActive},
     config::{
         ClusterTarget, ForwardAction, HeaderOps, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
         UpstreamProtocol, VirtualHost, WeightedCluster,
@@ -369,6 +369,16 @@ impl HttpProxy {
         };
         outcome.cluster = Some(cluster.clone());
 
+        // The request hash, of the request as it arrived: Envoy's router hashes
+        // (chooseHost) before it finalizes the headers and rewrites. Only the
+        // consistent-hash balancers read it.
+        let hash = if cluster.config.lb.needs_hash() && !action.hash_policy.is_empty() {
+            let source = conn.remote.ip();
+            request_hash(&action.hash_policy, req.headers(), req.uri().query(), Some(source))
+        } else {
+            None
+        };
+
         // Request header mutations, most specific first (Envoy's default order).
         let rc = &self.routes.config;
         {
@@ -396,7 +406,7 @@ impl HttpProxy {
                 req.headers_mut()
                     .insert(upstream::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(1u32));
             }
-            let Some(endpoint) = cluster.pick() else {
+            let Some(endpoint) = cluster.pick_where(hash, |_| true) else {
                 cstats.upstream_cx_none_healthy.inc();
                 return Err(fail(ProxyError::NoHealthyUpstream, at));
             };
@@ -410,6 +420,7 @@ impl HttpProxy {
             let held = Held {
                 request_slot: slot,
                 host_active: HostActive::new(&endpoint.stats),
+                cluster_active: ClusterActive::new(&cluster.stats),
             };
             let sent = endpoint.send_upgrade(req.map(|body| RequestBody::Stream(Downstream::plain(body))));
             upstream::with_deadline(deadline, sent).await.map(|resp| {
@@ -425,13 +436,6 @@ impl HttpProxy {
                 )
             })
         } else {
-            // Only the consistent-hash balancers read the request hash.
-            let hash = if cluster.config.lb.needs_hash() && !action.hash_policy.is_empty() {
-                let source = conn.remote.ip();
-                request_hash(&action.hash_policy, req.headers(), req.uri().query(), Some(source))
-            } else {
-                None
-            };
             // Mirrors get the request as it goes upstream, and its body as it is
             // read; Envoy starts none when the primary has no host to go to.
             let policies = if cluster.endpoints.is_empty() {
@@ -454,6 +458,7 @@ impl HttpProxy {
             let opts = upstream::SendOptions {
                 retry: action.retry.as_deref(),
                 route_timeout,
+                deadline,
                 hash,
                 attempt_count_header: action.attempt_count.request,
             };

@@ -17,14 +17,14 @@ use super::{
     request_body::{buffer_for_replay, RequestBody},
 };
 use crate::{
-    balance::{ClusterRuntime, HostActive},
+    balance::{ClusterActive, ClusterRuntime, HostActive},
     policy::{
         circuit_breaker::RequestGuard,
         outlier::Outcome,
         retry::{AttemptOutcome, ResetPhase, RetryPolicy},
         retry_state::{RetryDecision, RetryState, DEFAULT_REPLAY_LIMIT},
     },
-    telemetry::stats::{ActiveGuard, ClusterStats},
+    telemetry::stats::ClusterStats,
 };
 
 /// A response from the upstream, with what must live as long as its body.
@@ -43,6 +43,10 @@ pub struct Forwarded {
 pub struct SendOptions<'a> {
     pub retry: Option<&'a RetryPolicy>,
     pub route_timeout: Option<Duration>,
+    /// When the route timeout ends, if the caller already started it (the
+    /// caller's timer and the attempts' must agree to the instant, so that
+    /// an attempt sees the timeout and reports it); else from now.
+    pub deadline: Option<Instant>,
     pub hash: Option<u64>,
     /// `include_request_attempt_count`: `x-envoy-attempt-count` on every
     /// try (1, 2, ...). Envoy's default is not to send it.
@@ -55,6 +59,7 @@ pub struct SendOptions<'a> {
 pub struct Held {
     pub request_slot: RequestGuard,
     pub host_active: HostActive,
+    pub cluster_active: ClusterActive,
 }
 
 pub const X_ENVOY_ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
@@ -71,6 +76,7 @@ pub async fn forward(
     let SendOptions {
         retry,
         route_timeout,
+        deadline,
         hash,
         attempt_count_header,
     } = opts;
@@ -81,16 +87,16 @@ pub async fn forward(
         cstats.upstream_rq_active_overflow.inc();
         return Err(ProxyError::Overflow("max_requests"));
     };
-    let _rq_active = ActiveGuard::new(&cstats.upstream_rq_active);
+    let cluster_active = ClusterActive::new(cstats);
     let started = Instant::now();
-    let deadline = route_timeout.map(|t| started + t);
+    let deadline = deadline.or_else(|| route_timeout.map(|t| started + t));
 
     let Some(policy) = retry else {
         // No retry policy: one attempt, the body streamed through.
         if attempt_count_header {
             req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(1u32));
         }
-        let (endpoint, result) = attempt(cluster, req, None, hash, |_| true, upstream).await;
+        let (endpoint, result) = attempt(cluster, req, (None, deadline), hash, |_| true, upstream).await;
         let (endpoint, host_active) = endpoint?;
         let (resp, release) = result?;
         return Ok(Forwarded {
@@ -100,6 +106,7 @@ pub async fn forward(
             held: Held {
                 request_slot,
                 host_active,
+                cluster_active,
             },
             attempts: 1,
         });
@@ -137,9 +144,17 @@ pub async fn forward(
         if state.attempt_count() > 1 {
             super::timeouts::refresh_expected_timeout(req.headers_mut(), route_timeout, per_try, started.elapsed());
         }
-        let (endpoint, result) = attempt(cluster, req, per_try, hash, |a| state.host_ok(a), upstream).await;
+        let (endpoint, result) = attempt(cluster, req, (per_try, deadline), hash, |a| state.host_ok(a), upstream).await;
         if let Ok((ep, _)) = &endpoint {
             state.attempted_host(ep.address);
+        }
+        // Envoy never retries these: no host to send to (sendNoHealthyUpstreamResponse),
+        // or the route timeout itself passed (onResponseTimeout ends the request).
+        let route_expired = deadline.is_some_and(|d| Instant::now() >= d);
+        match &result {
+            Err(ProxyError::NoHealthyUpstream) => return Err(ProxyError::NoHealthyUpstream),
+            Err(ProxyError::UpstreamTimeout) if route_expired => return Err(ProxyError::UpstreamTimeout),
+            _ => {}
         }
         let decision = {
             let outcome = match (&endpoint, &result) {
@@ -155,7 +170,9 @@ pub async fn forward(
             RetryDecision::Retry { after } => {
                 cstats.upstream_rq_retry.inc();
                 cstats.upstream_rq_retry_backoff_exponential.inc();
+                // The failed host is not busy with this request while it backs off.
                 drop(result);
+                drop(endpoint);
                 tokio::time::sleep(after).await;
                 state.start_retry();
             }
@@ -172,6 +189,7 @@ pub async fn forward(
                     held: Held {
                         request_slot,
                         host_active,
+                        cluster_active,
                     },
                     attempts: state.attempt_count(),
                 });
@@ -183,10 +201,14 @@ pub async fn forward(
 type AttemptResult = Result<(Response<Incoming>, Release), ProxyError>;
 
 /// One attempt: pick an endpoint, send, report to the outlier detector.
+/// `limits` are the per-try timeout and the route deadline: either ending the
+/// wait for the response head is a timeout the outlier detector sees, as
+/// Envoy's `onPerTryTimeout` and `onResponseTimeout` report it.
 async fn attempt(
     cluster: &ClusterRuntime,
     req: Request<RequestBody>,
-    per_try: Option<Duration>,
+    limits: (Option<Duration>, Option<Instant>),
+
     hash: Option<u64>,
     host_ok: impl Fn(SocketAddr) -> bool,
     upstream: &mut Option<SocketAddr>,
@@ -207,11 +229,19 @@ async fn attempt(
             cstats.upstream_rq_total.inc();
             endpoint.stats.rq_total.inc();
             let sent = lease.send(req);
-            match per_try {
-                Some(t) => match tokio::time::timeout(t, sent).await {
+            let (per_try, route_deadline) = limits;
+            let per_try_deadline = per_try.map(|t| Instant::now() + t);
+            let limit = match (per_try_deadline, route_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match limit {
+                Some(limit) => match tokio::time::timeout_at(limit, sent).await {
                     Ok(r) => r,
                     Err(_) => {
-                        cstats.upstream_rq_per_try_timeout.inc();
+                        if per_try_deadline == Some(limit) {
+                            cstats.upstream_rq_per_try_timeout.inc();
+                        }
                         endpoint.stats.rq_timeout.inc();
                         Err(ProxyError::UpstreamTimeout)
                     }

@@ -251,12 +251,28 @@ impl OutlierDetector {
         fired
     }
 
+    /// `tick` for an interval timer, unless another timer of the same
+    /// detector already ran this interval (a detector kept across a config
+    /// update may briefly have two: the old runtime's and the new one's).
+    pub fn tick_if_due(&self, now: Instant) -> Option<TickSummary> {
+        self.run_tick(now, true)
+    }
+
     /// The interval timer (onIntervalTimer): uneject hosts whose time is up, close the interval's
     /// request windows, run success-rate and failure-percentage detection for external then local
     /// origin, and step down the backoff of hosts healthy for a whole interval.
     pub fn tick(&self, now: Instant) -> TickSummary {
+        self.run_tick(now, false).unwrap_or_default()
+    }
+
+    /// `tick`; with `due_only`, nothing unless the interval is up, checked
+    /// under the same lock as the tick itself.
+    fn run_tick(&self, now: Instant, due_only: bool) -> Option<TickSummary> {
         let config = &self.config;
         let mut state = self.lock_state();
+        if due_only && now < state.next_tick {
+            return None;
+        }
         let mut summary = TickSummary::default();
         let mut addrs: Vec<SocketAddr> = state.hosts.keys().copied().collect();
         addrs.sort_unstable();
@@ -309,7 +325,7 @@ impl OutlierDetector {
         if !summary.ejected.is_empty() || !summary.unejected.is_empty() {
             self.bump_epoch();
         }
-        summary
+        Some(summary)
     }
 
     pub fn stats(&self) -> OutlierStats {

@@ -163,6 +163,29 @@ fn round_robin_skips_ineligible_hosts_fairly() {
     assert_shares(&shares(&got), &[0.375, 0.0, 0.625], 0.02, "edf skipping");
 }
 
+// A heavy host that is ineligible fills most of the weighted cycle; the hosts
+// left keep their relative weights (10:1), as in Envoy's schedule rebuilt over
+// healthy hosts, not an even split from an unweighted fallback.
+#[test]
+fn weighted_balancers_keep_weights_when_a_heavy_host_is_out() {
+    let hosts = weighted(&[100, 10, 1]);
+    let least = LbPolicy::LeastRequest {
+        choice_count: 2,
+        active_request_bias: 1.0,
+    };
+    for policy in [LbPolicy::RoundRobin, least] {
+        let b = Balancer::new(&policy, &hosts);
+        let got = tally(&b, 22_000, |_| None, &|i| i != 0);
+        assert_eq!(got[0], 0, "{policy:?}");
+        assert_shares(
+            &shares(&got),
+            &[0.0, 10.0 / 11.0, 1.0 / 11.0],
+            0.02,
+            &format!("{policy:?} without its heavy host"),
+        );
+    }
+}
+
 // One balancer shared by many workers: the atomic cursor keeps counts exact.
 #[test]
 fn round_robin_concurrent_picks_stay_exact() {

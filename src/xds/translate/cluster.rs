@@ -204,7 +204,12 @@ pub fn load_assignment(mut la: Msg<'_, '_>) -> config::Assignment {
                 overprovisioning_factor = f;
             }
         }
-        policy.ignore("weighted_priority_health");
+        if policy.bool("weighted_priority_health") {
+            policy.field_error(
+                "weighted_priority_health",
+                "priority health weighted by endpoint weights is not supported yet",
+            );
+        }
         policy.advisory(
             "endpoint_stale_after",
             "accepted without effect: assignments do not go stale yet",

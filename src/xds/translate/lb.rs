@@ -217,10 +217,21 @@ fn common_lb_config(mut m: Msg<'_, '_>) -> f64 {
         }
         None => DEFAULT_PANIC_THRESHOLD,
     };
-    m.advisory(
-        "zone_aware_lb_config",
-        "accepted without effect: zone-aware routing is not implemented",
-    );
+    if let Some(mut z) = m.msg("zone_aware_lb_config") {
+        // Not about zones: a level in panic answers 503 instead of using every host.
+        if z.bool("fail_traffic_on_panic") {
+            z.field_error(
+                "fail_traffic_on_panic",
+                "failing traffic in panic mode is not supported yet",
+            );
+        }
+        for zone_only in ["routing_enabled", "min_cluster_size"] {
+            z.advisory(
+                zone_only,
+                "accepted without effect: zone-aware routing is not implemented",
+            );
+        }
+    }
     if m.has("locality_weighted_lb_config") {
         m.field_error(
             "locality_weighted_lb_config",

@@ -190,6 +190,18 @@ fn bad_input_names_the_field_path() {
             format!("{ROUTE0}.route.hash_policy[0].cookie.ttl: generating the hash cookie is not supported yet"),
         ),
         (
+            "fail traffic on panic",
+            "route: { cluster: c }",
+            "\n    common_lb_config: { zone_aware_lb_config: { min_cluster_size: 3, fail_traffic_on_panic: true } }",
+            format!("{CLUSTER0}.common_lb_config.zone_aware_lb_config.fail_traffic_on_panic: failing traffic in panic mode is not supported yet"),
+        ),
+        (
+            "weighted priority health",
+            "route: { cluster: c }",
+            "\n    load_assignment: { cluster_name: c, policy: { weighted_priority_health: true } }",
+            format!("{CLUSTER0}.load_assignment.policy.weighted_priority_health: priority health weighted by endpoint weights is not supported yet"),
+        ),
+        (
             "slow start",
             "route: { cluster: c }",
             "\n    round_robin_lb_config: { slow_start_config: { slow_start_window: 10s } }",
