@@ -458,7 +458,9 @@ impl EndpointPool {
     fn serve_h2(&self, pool: &mut H2Pool) {
         // Published before looking for free streams (see StreamSlot::drop).
         self.h2_waiting.store(pool.waiters.len(), SeqCst);
-        while !pool.waiters.is_empty() {
+        // Waiters that gave up are pruned first: a stream taken for nobody
+        // would still spend one of its connection's max_requests_per_connection.
+        while pool.waiters.live() > 0 {
             let Some(found) = pool.take_stream(self.h2_max_streams, &self.cluster_stats) else {
                 break;
             };

@@ -105,10 +105,6 @@ impl<T> Waiters<T> {
         self.queue.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
     fn prune(&mut self) {
         self.queue.retain(|tx| !tx.is_closed());
     }
@@ -248,7 +244,7 @@ mod tests {
         let mut b = w.join();
         drop(gone);
         assert_eq!(w.fail_all(&ConnectError::Timeout), 2);
-        assert!(w.is_empty());
+        assert_eq!(w.len(), 0);
         assert_eq!(a.try_recv().ok(), Some(Err(ConnectError::Timeout)));
         assert_eq!(b.try_recv().ok(), Some(Err(ConnectError::Timeout)));
         let refused = ConnectError::Io(io::ErrorKind::ConnectionRefused, "refused".into());
