@@ -33,6 +33,8 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-bench-results/e2e.md}
 WORK=$ROOT/target/bench-e2e
+# Where cargo puts what it builds (CARGO_TARGET_DIR moves it out of the tree).
+CARGO_TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 TOOLS=$ROOT/target/bench-tools
 HOST=127.0.0.1
 
@@ -87,7 +89,7 @@ if [[ -n "${REMORA_BIN:-}" ]]; then
 else
     log "building remora (cargo build --release)"
     cargo build --release --bin remora
-    REMORA=$ROOT/target/release/remora
+    REMORA=$CARGO_TARGET/release/remora
 fi
 [[ -x "$REMORA" ]] || die "no remora binary at $REMORA"
 
@@ -139,7 +141,7 @@ panic = "abort"
 [workspace]
 EOF
     cp "$ROOT/Cargo.lock" "$dir/Cargo.lock"
-    (cd "$dir" && { cargo build --release --offline -q 2>/dev/null || cargo build --release -q; }) >&2
+    (cd "$dir" && export CARGO_TARGET_DIR=$dir/target && { cargo build --release --offline -q 2>/dev/null || cargo build --release -q; }) >&2
     echo "$dir/target/release/upstream"
 }
 UPSTREAM=$(build_upstream)
