@@ -419,12 +419,13 @@ def report(workdir, out_md):
               "HTTP/1.1 + h2c) pinned to CPU %s. Same bootstrap for both proxies "
               "(`benches/e2e-bootstrap.yaml.in`: one listener, route `/` → one STATIC cluster, router filter); "
               "proxies talk HTTP/1.1 to the upstream.\n" % (meta.get("PROXY_CPU", "?"), meta.get("LOAD_CPU", "?")))
+    latency = ("not run" if meta.get("OHA_SKIPPED") else
+               "`oha -q %s -z %ss -c %s --latency-correction` (fixed rate, coordinated omission corrected)" % (
+                   meta.get("RATE"), meta.get("LAT_DURATION"), meta.get("LAT_CONNS")))
     md.append("**Load:** HTTP/1.1: `wrk -t1 -c%s -d%ss`, h2c: `h2load -t1 -c%s -m%s -D%s`, %s repetitions each "
-              "(median reported, one warm-up run first); latency: `oha -q %s -z %ss -c %s --latency-correction` "
-              "(fixed rate, coordinated omission corrected).\n" % (
+              "(median reported, one warm-up run first); latency: %s.\n" % (
                   meta.get("CONNS"), meta.get("DURATION"), meta.get("H2_CONNS"), meta.get("H2_STREAMS"),
-                  meta.get("DURATION"), meta.get("REPS"), meta.get("RATE"), meta.get("LAT_DURATION"),
-                  meta.get("LAT_CONNS")))
+                  meta.get("DURATION"), meta.get("REPS"), latency))
     md.append("**Versions:** %s; %s; %s; %s; %s.\n" % (meta.get("REMORA_VERSION", "remora ?"),
                                                      meta.get("ENVOY_VERSION", "envoy ?"),
                                                      meta.get("WRK_VERSION", "wrk ?"),
