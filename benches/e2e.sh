@@ -9,13 +9,17 @@
 # PROXY_CPU=0 LOAD_CPU=1 OUT=bench-results/e2e.md ENVOY_BIN=... OHA_BIN=... REMORA_BIN=...
 # (REMORA_BIN skips `cargo build --release`)
 # NO_OHA_INSTALL=1 (skip building oha if it is missing) NOTE="free text for the report".
+# POLICY=1 also runs remora and Envoy with the policy stack (retries, breakers,
+# retry budget, outlier detection: the "#policy:" lines of the bootstrap) in the
+# saturation tests, interleaved with the plain ones (~2 more minutes);
+# POLICY=only runs just that comparison (no direct target, no latency test).
 # Only loopback addresses are used; every process started here is killed on exit.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 COMMAND="bash benches/e2e.sh"
-for v in DURATION REPS WARMUP CONNS H2_CONNS H2_STREAMS RATE LAT_DURATION LAT_CONNS PORT_BASE PROXY_CPU LOAD_CPU; do
+for v in DURATION REPS WARMUP CONNS H2_CONNS H2_STREAMS RATE LAT_DURATION LAT_CONNS PORT_BASE PROXY_CPU LOAD_CPU POLICY; do
     if [[ -n "${!v:-}" ]]; then COMMAND="$v=${!v} $COMMAND"; fi
 done
 
@@ -32,7 +36,11 @@ PORT_BASE=${PORT_BASE:-18000}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-bench-results/e2e.md}
+POLICY=${POLICY:-0}
+case $POLICY in 0 | 1 | only) ;; *) echo "e2e: error: POLICY must be 0, 1 or only" >&2; exit 1 ;; esac
 WORK=$ROOT/target/bench-e2e
+# Where cargo puts what it builds (CARGO_TARGET_DIR moves it out of the tree).
+CARGO_TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 TOOLS=$ROOT/target/bench-tools
 HOST=127.0.0.1
 
@@ -41,6 +49,18 @@ REMORA_PORT=$((PORT_BASE + 1))
 REMORA_ADMIN=$((PORT_BASE + 2))
 ENVOY_PORT=$((PORT_BASE + 11))
 ENVOY_ADMIN=$((PORT_BASE + 12))
+REMORA_POLICY_PORT=$((PORT_BASE + 21))
+REMORA_POLICY_ADMIN=$((PORT_BASE + 22))
+ENVOY_POLICY_PORT=$((PORT_BASE + 31))
+ENVOY_POLICY_ADMIN=$((PORT_BASE + 32))
+
+# The load targets, in the order they are interleaved; the proxies among them.
+case $POLICY in
+    0) TARGETS="direct remora envoy" ;;
+    1) TARGETS="direct remora remora_policy envoy envoy_policy" ;;
+    only) TARGETS="remora remora_policy envoy envoy_policy" ;;
+esac
+PROXIES=${TARGETS#direct }
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'e2e: error: %s\n' "$*" >&2; exit 1; }
@@ -87,7 +107,7 @@ if [[ -n "${REMORA_BIN:-}" ]]; then
 else
     log "building remora (cargo build --release)"
     cargo build --release --bin remora
-    REMORA=$ROOT/target/release/remora
+    REMORA=$CARGO_TARGET/release/remora
 fi
 [[ -x "$REMORA" ]] || die "no remora binary at $REMORA"
 
@@ -139,7 +159,7 @@ panic = "abort"
 [workspace]
 EOF
     cp "$ROOT/Cargo.lock" "$dir/Cargo.lock"
-    (cd "$dir" && { cargo build --release --offline -q 2>/dev/null || cargo build --release -q; }) >&2
+    (cd "$dir" && export CARGO_TARGET_DIR=$dir/target && { cargo build --release --offline -q 2>/dev/null || cargo build --release -q; }) >&2
     echo "$dir/target/release/upstream"
 }
 UPSTREAM=$(build_upstream)
@@ -174,7 +194,9 @@ log "envoy: $ENVOY ($ENVOY_VERSION)"
 log "locating oha (fixed-rate latency)"
 OHA=""
 OHA_SKIPPED=""
-if [[ -n "${OHA_BIN:-}" ]]; then
+if [[ $POLICY == only ]]; then
+    OHA_SKIPPED="POLICY=only runs the saturation tests only"
+elif [[ -n "${OHA_BIN:-}" ]]; then
     OHA=$OHA_BIN
 elif command -v oha >/dev/null; then
     OHA=$(command -v oha)
@@ -197,18 +219,29 @@ fi
 [[ -z "$OHA_SKIPPED" ]] || log "SKIPPING the latency measurement: $OHA_SKIPPED"
 
 # ------------------------------------------------------------------ configs
-render() { # listen admin out
-    sed -e "s/@LISTEN_PORT@/$1/g" -e "s/@ADMIN_PORT@/$2/g" -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/g" \
+render() { # listen admin out [policy]
+    # The policy variant turns the "#policy: " lines into YAML; the plain one keeps them as comments.
+    local policy=()
+    [[ ${4:-} == policy ]] && policy=(-e 's/#policy: //')
+    sed -e "s/@LISTEN_PORT@/$1/g" -e "s/@ADMIN_PORT@/$2/g" -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/g" "${policy[@]}" \
         "$ROOT/benches/e2e-bootstrap.yaml.in" >"$3"
 }
 render "$REMORA_PORT" "$REMORA_ADMIN" "$WORK/remora.yaml"
 render "$ENVOY_PORT" "$ENVOY_ADMIN" "$WORK/envoy.yaml"
+render "$REMORA_POLICY_PORT" "$REMORA_POLICY_ADMIN" "$WORK/remora_policy.yaml" policy
+render "$ENVOY_POLICY_PORT" "$ENVOY_POLICY_ADMIN" "$WORK/envoy_policy.yaml" policy
 log "validating the configs"
-"$REMORA" check -c "$WORK/remora.yaml" >&2 || die "remora check rejected $WORK/remora.yaml"
-"$ENVOY" --mode validate -c "$WORK/envoy.yaml" -l error >"$WORK/envoy-validate.log" 2>&1 \
-    || { cat "$WORK/envoy-validate.log" >&2; die "envoy --mode validate rejected $WORK/envoy.yaml"; }
+for name in remora remora_policy; do
+    "$REMORA" check -c "$WORK/$name.yaml" >&2 || die "remora check rejected $WORK/$name.yaml"
+done
+for name in envoy envoy_policy; do
+    "$ENVOY" --mode validate -c "$WORK/$name.yaml" -l error >"$WORK/$name-validate.log" 2>&1 \
+        || { cat "$WORK/$name-validate.log" >&2; die "envoy --mode validate rejected $WORK/$name.yaml"; }
+done
 
-for p in "$UPSTREAM_PORT" "$REMORA_PORT" "$REMORA_ADMIN" "$ENVOY_PORT" "$ENVOY_ADMIN"; do
+PORTS=("$UPSTREAM_PORT" "$REMORA_PORT" "$REMORA_ADMIN" "$ENVOY_PORT" "$ENVOY_ADMIN")
+[[ $POLICY == 0 ]] || PORTS+=("$REMORA_POLICY_PORT" "$REMORA_POLICY_ADMIN" "$ENVOY_POLICY_PORT" "$ENVOY_POLICY_ADMIN")
+for p in "${PORTS[@]}"; do
     if [[ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]]; then
         die "port $p is already in use (set PORT_BASE to move all the ports)"
     fi
@@ -247,6 +280,18 @@ start ENVOY "$PROXY_CPU" "$WORK/envoy.log" "$ENVOY" -c "$WORK/envoy.yaml" --conc
     --disable-hot-restart -l warning
 wait_http "http://$HOST:$ENVOY_ADMIN/ready" envoy "$ENVOY_PID" 60 || fail_start envoy "$WORK/envoy.log"
 
+if [[ $POLICY != 0 ]]; then
+    log "starting remora and envoy with the policy stack on :$REMORA_POLICY_PORT and :$ENVOY_POLICY_PORT (CPU $PROXY_CPU)"
+    start REMORA_POLICY "$PROXY_CPU" "$WORK/remora_policy.log" "$REMORA" --log-level warn run \
+        -c "$WORK/remora_policy.yaml" --concurrency 1
+    wait_http "http://$HOST:$REMORA_POLICY_ADMIN/ready" remora_policy "$REMORA_POLICY_PID" 30 \
+        || fail_start remora_policy "$WORK/remora_policy.log"
+    start ENVOY_POLICY "$PROXY_CPU" "$WORK/envoy_policy.log" "$ENVOY" -c "$WORK/envoy_policy.yaml" --concurrency 1 \
+        --disable-hot-restart -l warning
+    wait_http "http://$HOST:$ENVOY_POLICY_ADMIN/ready" envoy_policy "$ENVOY_POLICY_PID" 60 \
+        || fail_start envoy_policy "$WORK/envoy_policy.log"
+fi
+
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 cpu_ticks() { # utime + stime of the whole process (all threads)
     local s rest
@@ -257,13 +302,38 @@ cpu_ticks() { # utime + stime of the whole process (all threads)
 }
 alive() { kill -0 "$1" 2>/dev/null || die "$2 (pid $1) died; see $WORK/$2.log"; }
 
-# Idle RSS: both proxies are up and have served nothing yet.
-sample idle remora 0 rss_kib "$(status_kib "$REMORA_PID" VmRSS)"
-sample idle envoy 0 rss_kib "$(status_kib "$ENVOY_PID" VmRSS)"
-log "idle RSS: remora $(status_kib "$REMORA_PID" VmRSS) KiB, envoy $(status_kib "$ENVOY_PID" VmRSS) KiB"
+port_of() {
+    case $1 in
+        direct) echo "$UPSTREAM_PORT" ;;
+        remora) echo "$REMORA_PORT" ;;
+        envoy) echo "$ENVOY_PORT" ;;
+        remora_policy) echo "$REMORA_POLICY_PORT" ;;
+        envoy_policy) echo "$ENVOY_POLICY_PORT" ;;
+    esac
+}
+admin_of() {
+    case $1 in
+        remora) echo "$REMORA_ADMIN" ;;
+        envoy) echo "$ENVOY_ADMIN" ;;
+        remora_policy) echo "$REMORA_POLICY_ADMIN" ;;
+        envoy_policy) echo "$ENVOY_POLICY_ADMIN" ;;
+    esac
+}
+pid_of() {
+    case $1 in
+        remora) echo "$REMORA_PID" ;;
+        envoy) echo "$ENVOY_PID" ;;
+        remora_policy) echo "$REMORA_POLICY_PID" ;;
+        envoy_policy) echo "$ENVOY_POLICY_PID" ;;
+        *) echo "" ;;
+    esac
+}
 
-port_of() { case $1 in direct) echo "$UPSTREAM_PORT" ;; remora) echo "$REMORA_PORT" ;; envoy) echo "$ENVOY_PORT" ;; esac; }
-pid_of() { case $1 in remora) echo "$REMORA_PID" ;; envoy) echo "$ENVOY_PID" ;; *) echo "" ;; esac; }
+# Idle RSS: the proxies are up and have served nothing yet.
+for target in $PROXIES; do
+    sample idle "$target" 0 rss_kib "$(status_kib "$(pid_of "$target")" VmRSS)"
+    log "idle RSS: $target $(status_kib "$(pid_of "$target")" VmRSS) KiB"
+done
 
 run_load() { # test target rep
     local test=$1 target=$2 rep=$3 url pid out t0 t1 w0 w1
@@ -297,7 +367,7 @@ run_load() { # test target rep
     printf '    %-3s %-6s #%s  %s\n' "$test" "$target" "$rep" "$($REPORT parse "$tool" "$out")" >&2
 }
 
-reset_hwm() { for p in "$REMORA_PID" "$ENVOY_PID"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done; }
+reset_hwm() { for t in $PROXIES; do echo 5 >"/proc/$(pid_of "$t")/clear_refs" 2>/dev/null || true; done; }
 
 meta DATE "$(date -u '+%Y-%m-%d %H:%M UTC')"
 meta LOADAVG_BEFORE "$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -307,13 +377,25 @@ for test in h1 h2; do
         h1) log "HTTP/1.1 keep-alive saturation: wrk -t1 -c$CONNS -d${DURATION}s, $REPS reps (+${WARMUP}s warm-up each)" ;;
         h2) log "h2c saturation: h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION, $REPS reps (+${WARMUP}s warm-up each)" ;;
     esac
-    for target in direct remora envoy; do run_load "$test" "$target" warm; done
+    for target in $TARGETS; do run_load "$test" "$target" warm; done
     reset_hwm # VmHWM from here on = peak under this load
     for rep in $(seq "$REPS"); do
-        # interleaved, so slow drift on a shared machine hits all three alike
-        for target in direct remora envoy; do run_load "$test" "$target" "$rep"; done
+        # interleaved, so slow drift on a shared machine hits all targets alike
+        for target in $TARGETS; do run_load "$test" "$target" "$rep"; done
     done
 done
+
+if [[ $POLICY != 0 ]]; then
+    # The upstream answered 200 to everything: no retry may have fired and no host been
+    # ejected, or the policy rows measure something else than bookkeeping.
+    for target in $PROXIES; do
+        stats=$(curl -s --max-time 5 "http://$HOST:$(admin_of "$target")/stats/prometheus" || true)
+        for stat in upstream_rq_total upstream_rq_retry outlier_detection_ejections_enforced_total; do
+            v=$(awk -v m="envoy_cluster_$stat" '$1 ~ "^" m "[{]" && $1 ~ /envoy_cluster_name="upstream"/ { print $2; exit }' <<<"$stats")
+            sample stats "$target" 0 "$stat" "${v:--}"
+        done
+    done
+fi
 
 if [[ -n "$OHA" ]]; then
     log "latency at a fixed $RATE req/s: oha -z ${LAT_DURATION}s -q $RATE -c $LAT_CONNS --latency-correction"
@@ -335,6 +417,6 @@ meta WRK_VERSION "$(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')"
 meta H2LOAD_VERSION "$(h2load --version 2>&1 | head -n1)"
 [[ -n "$OHA" ]] && meta OHA_VERSION "$("$OHA" --version 2>&1 | head -n1)"
 meta OHA_SKIPPED "$OHA_SKIPPED"
-for v in DURATION REPS WARMUP CONNS H2_CONNS H2_STREAMS RATE LAT_DURATION LAT_CONNS PROXY_CPU LOAD_CPU; do meta "$v" "${!v}"; done
+for v in DURATION REPS WARMUP CONNS H2_CONNS H2_STREAMS RATE LAT_DURATION LAT_CONNS PROXY_CPU LOAD_CPU POLICY; do meta "$v" "${!v}"; done
 
 $REPORT report "$WORK" "$OUT"

@@ -7,6 +7,8 @@ comparison table (terminal) and bench-results/e2e.md (markdown).
 
 WORKDIR holds raw/<test>-<target>-<rep>.txt (tool output), samples.tsv
 (test, target, rep, key, value: cpu ticks, RSS...) and meta.env (key=value).
+With POLICY=1 or only, the targets remora_policy and envoy_policy (the same
+bootstrap plus its "#policy:" lines) get their own table: policy off vs on.
 """
 
 import json
@@ -17,6 +19,7 @@ import sys
 
 TARGETS = ["direct", "remora", "envoy"]
 PROXIES = ["remora", "envoy"]
+POLICY_TARGETS = ["remora_policy", "envoy_policy"]
 
 
 # --------------------------------------------------------------------------- parsers
@@ -127,7 +130,7 @@ def load(workdir):
     runs = {}  # (test, target) -> [parsed per rep, merged with samples]
     rawdir = os.path.join(workdir, "raw")
     for name in sorted(os.listdir(rawdir)) if os.path.isdir(rawdir) else []:
-        m = re.fullmatch(r"(h1|h2|lat)-(direct|remora|envoy)-(\d+)\.txt", name)
+        m = re.fullmatch(r"(h1|h2|lat)-(direct|remora|envoy|remora_policy|envoy_policy)-(\d+)\.txt", name)
         if not m:
             continue
         test, target, rep = m.groups()
@@ -241,7 +244,7 @@ def build(meta, samples, runs):
     # errors, precisely, per test and target
     errors = []
     for test in ("h1", "h2", "lat"):
-        for t in TARGETS:
+        for t in TARGETS + POLICY_TARGETS:
             rs = runs_of(test, t)
             if not rs:
                 continue
@@ -278,6 +281,71 @@ def build(meta, samples, runs):
     return rows, errors, pretty
 
 
+def delta(off, on, kind):
+    """on - off, as an absolute change (CPU) and a percentage."""
+    if off is None or on is None or off == 0:
+        return "-"
+    pct = (on - off) / off * 100
+    if kind == "us":
+        return "{:+.2f} µs ({:+.1f}%)".format(on - off, pct)
+    if kind == "mib":
+        return "{:+.1f} MiB".format(on - off)
+    return "{:+.1f}%".format(pct)
+
+
+def build_policy(meta, samples, runs):
+    """Policy off vs on, per proxy: medians, the change, and the runs they come from."""
+    if not any(runs.get((test, t)) for test in ("h1", "h2") for t in POLICY_TARGETS):
+        return None
+    clk = int(meta.get("CLK_TCK", "100"))
+    rows, per_run = [], []
+
+    def of(test, target):
+        return runs.get((test, target), [])
+
+    def row(label, kind, value):
+        v = {t: value(t) for t in PROXIES + POLICY_TARGETS}
+        rows.append((label,
+                     fmt(v["remora"], kind), fmt(v["remora_policy"], kind),
+                     delta(v["remora"], v["remora_policy"], kind),
+                     fmt(v["envoy"], kind), fmt(v["envoy_policy"], kind),
+                     delta(v["envoy"], v["envoy_policy"], kind),
+                     fmt(ratio(v["remora_policy"], v["envoy_policy"]), "ratio") if kind != "pct" else "-"))
+
+    for test, tool in (("h1", "wrk"), ("h2", "h2load")):
+        n = max([len(of(test, t)) for t in PROXIES + POLICY_TARGETS] + [0])
+        row("%s throughput, req/s (%s, median of %d)" % (test, tool, n), "rps",
+            lambda t: med([r.get("rps") for r in of(test, t)]))
+        row("%s proxy CPU per request" % test, "us",
+            lambda t: med([cpu_us_per_req(r, clk) for r in of(test, t)]))
+        row("%s proxy CPU busy (100%% = 1 core)" % test, "pct",
+            lambda t: med([cpu_busy_pct(r, clk) for r in of(test, t)]))
+        for t in PROXIES + POLICY_TARGETS:
+            rs = of(test, t)
+            per_run.append(("%s %s" % (test, t),
+                            " / ".join(fmt(r.get("rps"), "rps") for r in rs),
+                            " / ".join(fmt(cpu_us_per_req(r, clk), "us") for r in rs),
+                            " / ".join(fmt(cpu_busy_pct(r, clk), "pct") for r in rs)))
+
+    def peak(t):
+        vals = [int(r["hwm_kib"]) for test in ("h1", "h2") for r in of(test, t) if r.get("hwm_kib")]
+        return max(vals) / 1024 if vals else None
+
+    row("peak RSS under load (VmHWM, h1 and h2)", "mib", peak)
+
+    def idle(t):
+        v = samples.get(("idle", t, "0"), {}).get("rss_kib")
+        return int(v) / 1024 if v else None
+
+    row("idle RSS (VmRSS after /ready)", "mib", idle)
+    counters = []
+    for t in PROXIES + POLICY_TARGETS:
+        st = samples.get(("stats", t, "0"), {})
+        counters.append((t, st.get("upstream_rq_total", "-"), st.get("upstream_rq_retry", "-"),
+                         st.get("outlier_detection_ejections_enforced_total", "-")))
+    return rows, per_run, counters
+
+
 def text_table(header, rows):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     out = []
@@ -297,9 +365,16 @@ def md_table(header, rows, align=None):
     return "\n".join(out)
 
 
+POLICY_HEADER = ["metric", "remora", "remora + policy", "change", "Envoy", "Envoy + policy", "change",
+                 "remora/Envoy, policy on"]
+RUN_HEADER = ["test target", "req/s per run", "CPU per request per run", "CPU busy per run"]
+COUNTER_HEADER = ["target", "upstream_rq_total", "upstream_rq_retry", "outlier ejections enforced"]
+
+
 def report(workdir, out_md):
     meta, samples, runs = load(workdir)
     rows, errors, goals = build(meta, samples, runs)
+    policy = build_policy(meta, samples, runs)
     header = ["metric", "direct", "remora", "envoy", "remora/envoy", "remora/direct"]
     flat = [(label, c["direct"], c["remora"], c["envoy"], re_, rd) for label, c, re_, rd in rows]
     gheader = ["goal", "remora", "envoy", "ratio", "target", "verdict"]
@@ -314,6 +389,18 @@ def report(workdir, out_md):
     print()
     print(text_table(eheader, erows))
     print()
+    if policy:
+        prow, per_run, counters = policy
+        print("Policy stack off vs on (retries, breakers + retry budget, outlier detection):")
+        print(text_table(POLICY_HEADER, prow))
+        print()
+        print(text_table(RUN_HEADER, per_run))
+        print()
+        print(text_table(COUNTER_HEADER, counters))
+        fired = [c for c in counters if c[2] not in ("0", "-") or c[3] not in ("0", "-")]
+        if fired:
+            print("WARNING: retries fired or hosts were ejected; the policy rows do not measure bookkeeping alone.")
+        print()
     if total_bad:
         print("WARNING: %d non-2xx responses or socket/stream errors in total (see above)." % total_bad)
     else:
@@ -332,12 +419,13 @@ def report(workdir, out_md):
               "HTTP/1.1 + h2c) pinned to CPU %s. Same bootstrap for both proxies "
               "(`benches/e2e-bootstrap.yaml.in`: one listener, route `/` → one STATIC cluster, router filter); "
               "proxies talk HTTP/1.1 to the upstream.\n" % (meta.get("PROXY_CPU", "?"), meta.get("LOAD_CPU", "?")))
+    latency = ("not run" if meta.get("OHA_SKIPPED") else
+               "`oha -q %s -z %ss -c %s --latency-correction` (fixed rate, coordinated omission corrected)" % (
+                   meta.get("RATE"), meta.get("LAT_DURATION"), meta.get("LAT_CONNS")))
     md.append("**Load:** HTTP/1.1: `wrk -t1 -c%s -d%ss`, h2c: `h2load -t1 -c%s -m%s -D%s`, %s repetitions each "
-              "(median reported, one warm-up run first); latency: `oha -q %s -z %ss -c %s --latency-correction` "
-              "(fixed rate, coordinated omission corrected).\n" % (
+              "(median reported, one warm-up run first); latency: %s.\n" % (
                   meta.get("CONNS"), meta.get("DURATION"), meta.get("H2_CONNS"), meta.get("H2_STREAMS"),
-                  meta.get("DURATION"), meta.get("REPS"), meta.get("RATE"), meta.get("LAT_DURATION"),
-                  meta.get("LAT_CONNS")))
+                  meta.get("DURATION"), meta.get("REPS"), latency))
     md.append("**Versions:** %s; %s; %s; %s; %s.\n" % (meta.get("REMORA_VERSION", "remora ?"),
                                                      meta.get("ENVOY_VERSION", "envoy ?"),
                                                      meta.get("WRK_VERSION", "wrk ?"),
@@ -349,6 +437,20 @@ def report(workdir, out_md):
     md.append(md_table(header, flat) + "\n")
     md.append("## Goals\n")
     md.append(md_table(gheader, goals, ["---", "---:", "---:", "---:", "---:", "---"]) + "\n")
+    if policy:
+        prow, per_run, counters = policy
+        md.append("## Policy stack\n")
+        md.append("The same bootstrap with its `#policy:` lines (route `retry_policy`: retry_on "
+                  "5xx,reset,connect-failure, 2 retries, per-try timeout, previous-hosts predicate; cluster "
+                  "`circuit_breakers` thresholds with a retry budget; `outlier_detection` consecutive 5xx / "
+                  "gateway failure) against the plain one, each proxy a separate process on the same core, runs "
+                  "interleaved. The upstream answers 200, so no retry fires: the change is the cost of the "
+                  "bookkeeping per request.\n")
+        md.append(md_table(POLICY_HEADER, prow) + "\n")
+        md.append("Per run (in run order):\n")
+        md.append(md_table(RUN_HEADER, per_run, ["---", "---:", "---:", "---:"]) + "\n")
+        md.append("Counters of cluster `upstream` after the saturation runs (from `/stats/prometheus`):\n")
+        md.append(md_table(COUNTER_HEADER, counters, ["---", "---:", "---:", "---:"]) + "\n")
     md.append("## Errors\n")
     md.append(md_table(eheader, erows, ["---", "---", "---:", "---:", "---:", "---:", "---"]) + "\n")
     md.append("CPU per request = (utime + stime of the proxy process, from /proc/PID/stat) / requests completed "
