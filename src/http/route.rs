@@ -133,11 +133,12 @@ impl RouteTable {
     pub fn find_hit(&self, host: &str, listener_port: u16, path: &str, headers: &HeaderMap) -> Option<RouteHit<'_>> {
         let vh_index = self.virtual_host_index(host, listener_port)?;
         let vh = self.config.virtual_hosts.get(vh_index)?;
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
         let (route_index, route) = vh
             .routes
             .iter()
             .enumerate()
-            .find(|(_, r)| route_matches(r, path, headers))?;
+            .find(|(_, r)| matches_without_query(r, path, headers))?;
         Some(RouteHit {
             vh,
             route,
@@ -157,9 +158,15 @@ fn split_port(host: &str) -> Option<(&str, u16)> {
 }
 
 pub fn route_matches(route: &Route, path_and_query: &str, headers: &HeaderMap) -> bool {
-    let m = &route.matcher;
     // Path conditions look at the path without the query string.
     let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
+    matches_without_query(route, path, headers)
+}
+
+/// `route_matches` for a path whose query string is already cut off (once per
+/// request rather than once per route tried).
+fn matches_without_query(route: &Route, path: &str, headers: &HeaderMap) -> bool {
+    let m = &route.matcher;
     let ok = match &m.path {
         PathMatch::Prefix(p) => starts_with(path, p, m.case_sensitive),
         PathMatch::SeparatedPrefix(p) => {
@@ -205,15 +212,18 @@ fn header_matches(h: &HeaderMatcher, headers: &HeaderMap) -> bool {
         HeaderRule::String(sm) => {
             if present {
                 // As Envoy: several values of one header are matched joined by ','.
-                let joined: String;
-                let all: Vec<_> = headers.get_all(&h.name).iter().collect();
-                let value = if all.len() == 1 {
-                    all[0].to_str().unwrap_or("")
+                // The common single value is matched in place, without allocating.
+                let first = values.next().and_then(|v| v.to_str().ok()).unwrap_or("");
+                if values.peek().is_none() {
+                    sm.matches(first)
                 } else {
-                    joined = all.iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
-                    joined.as_str()
-                };
-                sm.matches(value)
+                    let all: Vec<&str> = headers
+                        .get_all(&h.name)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    sm.matches(&all.join(","))
+                }
             } else if h.missing_as_empty {
                 sm.matches("")
             } else {

@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use http::Request;
+use http::{HeaderName, Request};
 use tokio::time::Instant;
 
 use super::{
@@ -136,12 +136,18 @@ impl<'a> RetryState<'a> {
     /// `num_retries` if any condition is left, and the status-code and
     /// header-name lists add to the policy's. `deadline` is the route timeout's.
     pub fn new<B>(policy: &'a RetryPolicy, request: &Request<B>, deadline: Option<Instant>) -> Self {
-        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        // Static names: a &str lookup would parse and hash the name on every request.
+        static RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
+        static RETRY_GRPC_ON: HeaderName = HeaderName::from_static("x-envoy-retry-grpc-on");
+        static MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
+        static RETRIABLE_CODES: HeaderName = HeaderName::from_static("x-envoy-retriable-status-codes");
+        static RETRIABLE_NAMES: HeaderName = HeaderName::from_static("x-envoy-retriable-header-names");
+        let header = |name: &HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok());
         let mut retry_on = policy.retry_on;
-        if let Some(v) = header("x-envoy-retry-on") {
+        if let Some(v) = header(&RETRY_ON) {
             retry_on = retry_on | RetryOn::from_request_header(v, false);
         }
-        if let Some(v) = header("x-envoy-retry-grpc-on") {
+        if let Some(v) = header(&RETRY_GRPC_ON) {
             retry_on = retry_on | RetryOn::from_request_header(v, true);
         }
         if !policy.retriable_request_headers.is_empty()
@@ -153,15 +159,15 @@ impl<'a> RetryState<'a> {
             retry_on = RetryOn::NONE;
         }
         let mut retries_remaining = policy.num_retries;
-        if let Some(n) = header("x-envoy-max-retries").filter(|_| !retry_on.is_empty()) {
+        if let Some(n) = header(&MAX_RETRIES).filter(|_| !retry_on.is_empty()) {
             if let Ok(n) = n.trim().parse::<u64>() {
                 retries_remaining = u32::try_from(n).unwrap_or(u32::MAX);
             }
         }
-        let extra_codes = header("x-envoy-retriable-status-codes")
+        let extra_codes = header(&RETRIABLE_CODES)
             .map(|v| tokens(v).filter_map(|c| c.parse().ok()).collect())
             .unwrap_or_default();
-        let extra_headers = header("x-envoy-retriable-header-names")
+        let extra_headers = header(&RETRIABLE_NAMES)
             .map(|v| tokens(v).map(|name| HeaderMatcher::new(name, None)).collect())
             .unwrap_or_default();
         RetryState {
