@@ -8,7 +8,6 @@ mod common;
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -20,40 +19,9 @@ use std::{
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use hyper::{service::service_fn, Response};
-use hyper_util::rt::TokioIo;
-
-/// An upstream that answers every request with `status` after `delay`, its
-/// body being its name; counts the requests it saw.
-async fn host(name: &'static str, status: u16, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        tokio::time::sleep(delay).await;
-                        let mut r = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
-                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, hits)
-}
 
 async fn healthy(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
-    host(name, 200, Duration::ZERO).await
+    answering(name, 200, Duration::ZERO).await
 }
 
 /// One `lb_endpoints` entry with extra endpoint fields (`load_balancing_weight`,
@@ -114,7 +82,7 @@ async fn tally(c: &mut H1, n: usize) -> HashMap<String, usize> {
 /// own at once, so the slow host gets far fewer than round robin's half.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_steers_away_from_a_slow_host() {
-    let (slow, slow_hits) = host("slow", 200, Duration::from_millis(40)).await;
+    let (slow, slow_hits) = answering("slow", 200, Duration::from_millis(40)).await;
     let (fast, fast_hits) = healthy("fast").await;
     let clusters = cluster_with(
         "svc",
@@ -297,7 +265,7 @@ async fn panic_mode_balances_across_every_host() {
 /// when P0 has no healthy host left, P1 takes everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_failover_follows_the_overprovisioning_factor() {
-    let (bad, bad_hits) = host("bad", 503, Duration::ZERO).await;
+    let (bad, bad_hits) = answering("bad", 503, Duration::ZERO).await;
     let (p0_good, _) = healthy("p0").await;
     let (p1, _) = healthy("p1").await;
     let outlier = "\n    outlier_detection: { consecutive_5xx: 3, max_ejection_percent: 100 }";
@@ -360,7 +328,7 @@ async fn priority_failover_follows_the_overprovisioning_factor() {
 /// requests that taught outlier detection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_priority_fails_over_entirely() {
-    let (bad, bad_hits) = host("bad", 503, Duration::ZERO).await;
+    let (bad, bad_hits) = answering("bad", 503, Duration::ZERO).await;
     let (p1, _) = healthy("p1").await;
     let outlier = "\n    outlier_detection: { consecutive_5xx: 3, max_ejection_percent: 100 }";
     let clusters = cluster_with("svc", outlier, &[(0, ep(bad, "")), (1, ep(p1, ""))]);

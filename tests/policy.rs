@@ -6,47 +6,9 @@
 
 mod common;
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-};
+use std::{net::SocketAddr, sync::atomic::Ordering};
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::Full;
-use hyper::{service::service_fn, Response};
-use hyper_util::rt::TokioIo;
-
-/// An upstream that answers every request with `status`, counting them.
-async fn failing(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let mut r = Response::new(Full::new(Bytes::from_static(b"failing\n")));
-                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, hits)
-}
 
 fn route_with(extra: &str) -> String {
     format!(

@@ -212,6 +212,40 @@ async fn echo(
 }
 
 /// A free port with nothing listening (connect is refused).
+/// An upstream that answers every request with `status` after `delay`, its
+/// body being `body`; counts the requests it saw.
+pub async fn answering(body: &'static str, status: u16, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                        *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// An upstream that answers every request with `status` at once, counting them.
+pub async fn failing(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
+    answering("failing\n", status, Duration::ZERO).await
+}
+
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
