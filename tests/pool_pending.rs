@@ -164,16 +164,7 @@ const ROUTES: &str = r#"route_config:
 
 /// Cluster `svc` with the given breaker thresholds (and HTTP/2 settings).
 fn svc(endpoints: &[SocketAddr], thresholds: &str, h2: Option<&str>) -> String {
-    let eps: String = endpoints
-        .iter()
-        .map(|a| {
-            format!(
-                "\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}",
-                a.ip(),
-                a.port()
-            )
-        })
-        .collect();
+    let eps = lb_endpoints(endpoints);
     let proto = match h2 {
         Some(opts) => format!(
             "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {{ {opts} }}"

@@ -10,6 +10,7 @@ pub mod mirror;
 pub mod proxy;
 mod request;
 pub mod request_body;
+mod rewrite;
 pub mod route;
 pub mod server;
 pub mod stream_timers;

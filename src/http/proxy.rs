@@ -9,8 +9,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant as StdInstant};
 use arc_swap::ArcSwap;
 use http::{
     header::{self, HeaderName, HeaderValue},
-    uri::{Authority, PathAndQuery, Scheme},
-    Method, Request, Response, StatusCode, Uri, Version,
+    Request, Response, StatusCode, Version,
 };
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -21,10 +20,11 @@ use super::{
     client::Release,
     error::{local_reply, ProxyError},
     filters::{with_delay_flag, Applied, HttpFilters},
-    headers::{apply_request_ops, apply_response_ops, sanitize, strip_hop_by_hop, upgrade_type, Sanitize},
+    headers::{apply_request_ops, apply_response_ops, strip_hop_by_hop, upgrade_type},
     mirror::{self, Mirroring},
     request::{append_xff, new_request_id, request_host, validate, LoggedRequest},
     request_body::{Downstream, RequestBody},
+    rewrite,
     route::{is_grpc, RouteHit, RouteTable},
     stream_timers::StreamTimers,
     timeouts,
@@ -33,8 +33,8 @@ use super::{
 use crate::{
     balance::{hash::request_hash, ClusterActive, ClusterMap, ClusterRuntime, HostActive},
     config::{
-        ClusterTarget, ForwardAction, HeaderOps, HttpConnectionManager, PathMatch, Route, RouteAction, ServerHeader,
-        UpstreamProtocol, VirtualHost, WeightedCluster,
+        ClusterTarget, HeaderOps, HttpConnectionManager, Route, RouteAction, ServerHeader, UpstreamProtocol,
+        VirtualHost, WeightedCluster,
     },
     policy::{grpc_timeout::Deadlines, retry_state::DEFAULT_REPLAY_LIMIT},
     telemetry::{
@@ -45,10 +45,8 @@ use crate::{
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_UPSTREAM_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
-static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 
 /// Everything one HTTP connection manager needs, built once per config.
 pub struct HttpProxy {
@@ -391,8 +389,12 @@ impl HttpProxy {
             apply_request_ops(headers, &rc.headers);
         }
         let upstream_h2 = upgrade.is_none() && cluster.config.protocol == UpstreamProtocol::Http2;
-        self.rewrite(&mut req, route, action, upgrade.is_some(), upstream_h2)
-            .map_err(|e| fail(e, at))?;
+        let form = rewrite::UpstreamForm {
+            upgrade: upgrade.is_some(),
+            http2: upstream_h2,
+            suppress_envoy_headers: self.hcm.suppress_envoy_headers,
+        };
+        rewrite::to_upstream(&mut req, route, action, form).map_err(|e| fail(e, at))?;
         timeouts::set_headers(req.headers_mut(), action, &deadlines, self.hcm.suppress_envoy_headers);
 
         let route_timeout = deadlines.route;
@@ -509,99 +511,6 @@ impl HttpProxy {
         let mut resp = Response::from_parts(parts, body);
         self.route_response_ops(&mut resp, vh, route, weighted.map(|w| &w.headers));
         Ok(resp)
-    }
-
-    /// Path and host rewrites, and the request's upstream form: origin-form
-    /// with Host for HTTP/1.1, absolute URI for HTTP/2.
-    fn rewrite(
-        &self,
-        req: &mut Request<Incoming>,
-        route: &Route,
-        action: &ForwardAction,
-        upgrade: bool,
-        upstream_h2: bool,
-    ) -> Result<(), ProxyError> {
-        let original = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut path_and_query = original.clone();
-        if let Some(new_prefix) = &action.prefix_rewrite {
-            let matched_len = match &route.matcher.path {
-                PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => Some(p.len()),
-                PathMatch::Exact(_) => Some(original.path().len()),
-                PathMatch::Regex(_) => None,
-            };
-            if let Some(n) = matched_len {
-                let s = original.as_str();
-                let rewritten = format!("{new_prefix}{}", s.get(n..).unwrap_or(""));
-                if let Ok(p) = PathAndQuery::try_from(rewritten) {
-                    path_and_query = p;
-                    if !self.hcm.suppress_envoy_headers {
-                        if let Ok(v) = HeaderValue::from_str(original.as_str()) {
-                            req.headers_mut().insert(&X_ENVOY_ORIGINAL_PATH, v);
-                        }
-                    }
-                }
-            }
-        }
-        // Hop-by-hop headers, `expect` (hyper answers 100-continue itself when
-        // the body is read), x-forwarded-client-cert (SANITIZE, the only mode
-        // without mTLS) and the router's x-envoy-* control headers never pass.
-        sanitize(req.headers_mut(), Sanitize::Request { keep_upgrade: upgrade });
-        if upstream_h2 {
-            let authority = match &action.host_rewrite {
-                Some(h) => Authority::try_from(h.as_str()).ok(),
-                None => Authority::try_from(request_host(req)).ok(),
-            };
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = authority.or_else(|| Some(Authority::from_static("localhost")));
-            parts.path_and_query = Some(path_and_query);
-            *req.uri_mut() =
-                Uri::from_parts(parts).map_err(|_| ProxyError::DownstreamProtocol("invalid request URI"))?;
-            req.headers_mut().remove(header::HOST);
-            *req.version_mut() = Version::HTTP_2;
-        } else {
-            // HTTP/1.1 carries the authority in Host: keep the client's unless it
-            // is rewritten or the client spoke HTTP/2 (which has no Host header).
-            let new_host = match &action.host_rewrite {
-                Some(h) => {
-                    if !self.hcm.suppress_envoy_headers {
-                        if let Some(orig) = req.headers().get(header::HOST).cloned() {
-                            req.headers_mut().insert(&X_ENVOY_ORIGINAL_HOST, orig);
-                        }
-                    }
-                    HeaderValue::from_str(h).ok()
-                }
-                None if !req.headers().contains_key(header::HOST) => req
-                    .uri()
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-                None => None,
-            };
-            if let Some(v) = new_host {
-                req.headers_mut().insert(header::HOST, v);
-            }
-            *req.uri_mut() = Uri::from(path_and_query);
-            *req.version_mut() = Version::HTTP_11;
-            // A bodiless request whose method usually has a body gets an
-            // explicit `content-length: 0` (Envoy's HTTP/1 codec does this).
-            let bodyless = req.body().is_end_stream()
-                && !req.headers().contains_key(header::CONTENT_LENGTH)
-                && !req.headers().contains_key(header::TRANSFER_ENCODING);
-            if bodyless
-                && !matches!(
-                    *req.method(),
-                    Method::GET | Method::HEAD | Method::DELETE | Method::TRACE
-                )
-            {
-                req.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-            }
-        }
-        Ok(())
     }
 
     fn route_response_ops(

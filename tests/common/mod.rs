@@ -262,9 +262,9 @@ pub async fn proxy(yaml: &str) -> remora::proxy::Proxy {
     remora::proxy::Proxy::start(bootstrap).await.expect("proxy starts")
 }
 
-/// A cluster block for the YAML templates.
-pub fn cluster(name: &str, endpoints: &[SocketAddr], h2: bool, extra: &str) -> String {
-    let eps: String = endpoints
+/// `lb_endpoints` entries (indented for the cluster templates), one per address.
+pub fn lb_endpoints(endpoints: &[SocketAddr]) -> String {
+    endpoints
         .iter()
         .map(|a| {
             format!(
@@ -273,7 +273,12 @@ pub fn cluster(name: &str, endpoints: &[SocketAddr], h2: bool, extra: &str) -> S
                 a.port()
             )
         })
-        .collect();
+        .collect()
+}
+
+/// A cluster block for the YAML templates.
+pub fn cluster(name: &str, endpoints: &[SocketAddr], h2: bool, extra: &str) -> String {
+    let eps = lb_endpoints(endpoints);
     let proto = if h2 {
         "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}"
     } else {
